@@ -1,0 +1,79 @@
+"""Every setting of the background-removal service, read from the environment in this one place."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from shared.fetch import FetchPolicy
+from shared.images import DEFAULT_MAX_PIXELS
+
+
+def _flag(env, name: str, default: bool = False) -> bool:
+    return env.get(name, "1" if default else "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    person_threshold: float = 0.5  # matte value above which a pixel is "person"
+    garment_threshold: float = 0.5  # summed probability of the selected clothing classes
+    min_person_fraction: float = 0.01  # below this share of the image: no person (flat-lay/packshot)
+    min_garment_fraction: float = 0.002  # below this share: nothing to return (422)
+    person_dilation: float = 0.01  # of the working image's diagonal; garment edges may stick out
+    working_max_side: int = 1024  # masks are computed at most this large, then scaled up
+    keep_main_person: bool = True
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "PipelineSettings":
+        return cls(
+            person_threshold=float(env.get("BG_PERSON_THRESHOLD", cls.person_threshold)),
+            garment_threshold=float(env.get("BG_GARMENT_THRESHOLD", cls.garment_threshold)),
+            min_person_fraction=float(env.get("BG_MIN_PERSON_FRACTION", cls.min_person_fraction)),
+            min_garment_fraction=float(env.get("BG_MIN_GARMENT_FRACTION", cls.min_garment_fraction)),
+            person_dilation=float(env.get("BG_PERSON_DILATION", cls.person_dilation)),
+            working_max_side=int(env.get("BG_WORKING_MAX_SIDE", cls.working_max_side)),
+            keep_main_person=_flag(env, "BG_KEEP_MAIN_PERSON", cls.keep_main_person),
+        )
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    person: str = "u2net_human_seg"
+    cloth: str = "u2net_cloth_seg"
+    product: str = "isnet-general-use"
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "ModelNames":
+        return cls(
+            person=env.get("BG_PERSON_MODEL", cls.person),
+            cloth=env.get("BG_CLOTH_MODEL", cls.cloth),
+            product=env.get("BG_PRODUCT_MODEL", cls.product),
+        )
+
+
+@dataclass(frozen=True)
+class BgConfig:
+    models: ModelNames = field(default_factory=ModelNames)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    weights_dir: str | None = None  # U2NET_HOME; rembg reads it too
+    ort_threads: int = 1  # per session; workers x threads should not exceed the cores
+    allow_download: bool = False  # let rembg download missing weights at start (needs internet)
+    jpeg_quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_body_bytes: int = 20 * 1024 * 1024
+    load_synchronously: bool = False
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "BgConfig":
+        return cls(
+            models=ModelNames.from_env(env),
+            pipeline=PipelineSettings.from_env(env),
+            weights_dir=env.get("U2NET_HOME") or None,
+            ort_threads=int(env.get("ORT_THREADS", cls.ort_threads)),
+            allow_download=_flag(env, "BG_ALLOW_DOWNLOAD"),
+            jpeg_quality=int(env.get("BG_JPEG_QUALITY", cls.jpeg_quality)),
+            max_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_pixels)),
+            max_body_bytes=int(env.get("MAX_BODY_BYTES", cls.max_body_bytes)),
+            load_synchronously=_flag(env, "LOAD_SYNCHRONOUSLY"),
+            fetch=FetchPolicy.from_env(env),
+        )

@@ -1,0 +1,110 @@
+"""The three rembg models behind one small interface, created once per process.
+
+rembg gives us the sessions (weights lookup under U2NET_HOME, checksum-verified download,
+onnxruntime options) and each model's input normalisation. We read the raw network output
+instead of `session.predict()` because predict() min-max stretches mattes (an image with no
+person comes back with its most person-like pixels at 255, so absence cannot be told) and
+Lanczos-resizes the cloth label map (which invents in-between class ids along edges).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from bgremoval.config import BgConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How rembg feeds a model: square side and per-channel normalisation (from rembg's sessions)."""
+
+    size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+# Mattes: output[0] is [1, 1, S, S] in 0..1. Cloth: output[0] is [1, 4, S, S] logits for
+# background / upper / lower / full.
+MATTE_INPUTS = {
+    "u2net_human_seg": InputSpec(320),
+    "u2net": InputSpec(320),
+    "u2netp": InputSpec(320),
+    "silueta": InputSpec(320),
+    "isnet-general-use": InputSpec(1024, (0.5, 0.5, 0.5), (1.0, 1.0, 1.0)),
+}
+CLOTH_INPUTS = {"u2net_cloth_seg": InputSpec(768)}
+CLOTH_CLASSES = ("background", "upper", "lower", "full")
+
+
+class MissingWeights(RuntimeError):
+    pass
+
+
+def _session_class(name: str):
+    from rembg.sessions import sessions_class
+
+    for cls in sessions_class:
+        if cls.name() == name:
+            return cls
+    raise ValueError(f"rembg has no model called {name!r}")
+
+
+def weights_file(name: str) -> str | None:
+    """Where rembg would load `name` from, or None if it is not on disk."""
+    return _session_class(name).resolve_existing(f"{name}.onnx")
+
+
+class ModelSession:
+    """A rembg session that returns the network's first output at the model's own resolution."""
+
+    def __init__(self, name: str, rembg_session, spec: InputSpec):
+        self.name = name
+        self.spec = spec
+        self._session = rembg_session
+
+    def run(self, img: Image.Image) -> np.ndarray:
+        feed = self._session.normalize(img, self.spec.mean, self.spec.std, (self.spec.size,) * 2)
+        return np.asarray(self._session.inner_session.run(None, feed)[0], dtype=np.float32)
+
+
+def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig) -> ModelSession:
+    if name not in specs:
+        raise ValueError(f"Model {name!r} is not supported here; choose one of {sorted(specs)}.")
+    if not config.allow_download and weights_file(name) is None:
+        home = os.environ.get("U2NET_HOME") or "~/.rembg/models/<name>"
+        raise MissingWeights(
+            f"Weights for {name!r} are not installed (looked for {name}.onnx under {home}). "
+            "Run `python -m bgremoval.weights download` on a machine with internet, or set "
+            "BG_ALLOW_DOWNLOAD=1 to let the service download them at start."
+        )
+    from rembg import new_session
+
+    options = ort.SessionOptions()
+    # Several gunicorn workers share 2 cores: each session gets a fixed, small thread budget.
+    options.intra_op_num_threads = config.ort_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = new_session(name, sess_opts=options, providers=["CPUExecutionProvider"])
+    return ModelSession(name, session, specs[name])
+
+
+@dataclass
+class Models:
+    person: ModelSession
+    cloth: ModelSession
+    product: ModelSession
+
+
+def load_models(config: BgConfig) -> Models:
+    return Models(
+        person=open_session(config.models.person, MATTE_INPUTS, config),
+        cloth=open_session(config.models.cloth, CLOTH_INPUTS, config),
+        product=open_session(config.models.product, MATTE_INPUTS, config),
+    )

@@ -1,0 +1,197 @@
+"""Garment-only background removal as a plain Python pipeline (no Flask).
+
+    person matte -> keep the main person -> clothing classes -> garment = classes ∩ person
+    (no person: salient-object matte as the product) -> composite onto a background colour.
+
+Masks are computed at a working resolution of at most `working_max_side` (the networks see
+320-1024 px anyway) and scaled up once at the end, so large photos cost little extra.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from bgremoval.config import PipelineSettings
+from bgremoval.models import CLOTH_CLASSES, Models
+from shared.errors import Unprocessable
+
+GARMENT_CLASSES = ("upper", "lower", "full")
+
+
+class NoGarmentFound(Unprocessable):
+    slug = "no-garment"
+
+
+@dataclass
+class GarmentMask:
+    mask: np.ndarray  # float32, input size, 1 = garment
+    source: str  # "garment" (person found) or "product" (flat-lay fallback)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float HxW plane to PIL size (width, height)."""
+    if plane.shape[::-1] == tuple(size):
+        return plane.astype(np.float32, copy=False)
+    return np.asarray(Image.fromarray(plane.astype(np.float32), "F").resize(size, Image.BILINEAR))
+
+
+def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def keep_main_component(mask: np.ndarray) -> np.ndarray:
+    """The dominant person: largest and most central blob, plus fragments inside its box.
+
+    Fragments (an arm cut off by a bag strap) lie mostly inside the main person's bounding box;
+    bystanders do not.
+    """
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.copy()
+    index = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(mask, labels, index)
+    centroids = np.array(ndimage.center_of_mass(mask, labels, index))
+    height, width = mask.shape
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    half_diagonal = np.hypot(height, width) / 2
+    offcentre = np.linalg.norm(centroids - centre, axis=1) / half_diagonal
+    scores = areas * (1.0 - 0.5 * offcentre)
+    main_label = int(index[np.argmax(scores)])
+    box = ndimage.find_objects(labels)[main_label - 1]
+    keep = [main_label]
+    for label, area in zip(index, areas):
+        if label == main_label:
+            continue
+        inside = ndimage.sum_labels(mask[box], labels[box], label)
+        if inside >= 0.5 * area:
+            keep.append(int(label))
+    return np.isin(labels, keep)
+
+
+def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    if radius <= 0 or not mask.any():
+        return mask
+    return ndimage.distance_transform_edt(~mask) <= radius
+
+
+class GarmentPipeline:
+    """Turns an RGB photo into a garment mask and a garment-only picture."""
+
+    def __init__(self, models: Models, settings: PipelineSettings | None = None):
+        self.models = models
+        self.settings = settings or PipelineSettings()
+
+    def _working_copy(self, img: Image.Image) -> Image.Image:
+        longest = max(img.size)
+        if longest <= self.settings.working_max_side:
+            return img
+        scale = self.settings.working_max_side / longest
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        return img.resize(size, Image.BILINEAR)
+
+    def _matte(self, session, img: Image.Image) -> np.ndarray:
+        raw = session.run(img)[0, 0]
+        return np.clip(resize_plane(raw, img.size), 0.0, 1.0)
+
+    def person_mask(self, img: Image.Image, *, keep_main: bool | None = None) -> np.ndarray:
+        """Boolean person mask at `img`'s size (the evaluation uses this step on its own)."""
+        keep_main = self.settings.keep_main_person if keep_main is None else keep_main
+        person = self._matte(self.models.person, img) > self.settings.person_threshold
+        return keep_main_component(person) if keep_main and person.any() else person
+
+    def class_probabilities(self, img: Image.Image) -> dict[str, np.ndarray]:
+        logits = self.models.cloth.run(img)[0]
+        probs = softmax(logits, axis=0)
+        return {name: resize_plane(probs[i], img.size) for i, name in enumerate(CLOTH_CLASSES)}
+
+    def garment_mask(
+        self,
+        img: Image.Image,
+        classes: tuple[str, ...] = GARMENT_CLASSES,
+        known_foreground: np.ndarray | None = None,
+    ) -> GarmentMask:
+        """Mask of the garment at `img`'s size. `known_foreground` (uint8 alpha) narrows the search
+        when the photo arrived already cut out."""
+        unknown = set(classes) - set(GARMENT_CLASSES)
+        if unknown or not classes:
+            raise ValueError(f"classes must be a non-empty subset of {GARMENT_CLASSES}")
+        s = self.settings
+        timings: dict[str, float] = {}
+        work = self._working_copy(img)
+        area = work.width * work.height
+        foreground = None
+        if known_foreground is not None:
+            foreground = resize_plane(known_foreground.astype(np.float32) / 255.0, work.size) > 0.5
+
+        start = time.perf_counter()
+        person = self._matte(self.models.person, work) > s.person_threshold
+        if foreground is not None:
+            person &= foreground
+        timings["person_matte"] = time.perf_counter() - start
+
+        if person.sum() < s.min_person_fraction * area:
+            mask, source = self._product_mask(work, foreground, timings), "product"
+        else:
+            start = time.perf_counter()
+            main = keep_main_component(person) if s.keep_main_person else person
+            radius = s.person_dilation * np.hypot(*work.size)
+            allowed = dilate(main, radius)
+            timings["main_person"] = time.perf_counter() - start
+
+            start = time.perf_counter()
+            probs = self.class_probabilities(work)
+            selected = sum(probs[name] for name in classes)
+            mask = (selected > s.garment_threshold) & allowed
+            timings["cloth_seg"] = time.perf_counter() - start
+            source = "garment"
+            if mask.sum() < s.min_garment_fraction * area:
+                wanted = ", ".join(classes)
+                raise NoGarmentFound(f"A person was found but no garment ({wanted}) on them.")
+
+        full = resize_plane(mask.astype(np.float32), img.size) if work is not img else mask.astype(np.float32)
+        return GarmentMask(mask=np.clip(full, 0.0, 1.0), source=source, timings=timings)
+
+    def _product_mask(self, work: Image.Image, foreground, timings: dict[str, float]) -> np.ndarray:
+        start = time.perf_counter()
+        product = self._matte(self.models.product, work) > self.settings.person_threshold
+        if foreground is not None:
+            product &= foreground
+        timings["product_matte"] = time.perf_counter() - start
+        if product.sum() < self.settings.min_garment_fraction * work.width * work.height:
+            raise NoGarmentFound("No person and no product could be found in the image.")
+        return product
+
+    def remove_background(
+        self,
+        img: Image.Image,
+        classes: tuple[str, ...] = GARMENT_CLASSES,
+        background: tuple[int, int, int] = (0, 0, 0),
+        known_foreground: np.ndarray | None = None,
+    ) -> tuple[Image.Image, GarmentMask]:
+        """The garment on a plain background (RGB, same size) and the mask used."""
+        result = self.garment_mask(img, classes, known_foreground)
+        start = time.perf_counter()
+        picture = composite(img, result.mask, background)
+        result.timings["composite"] = time.perf_counter() - start
+        return picture, result
+
+
+def composite(img: Image.Image, mask: np.ndarray, background: tuple[int, int, int]) -> Image.Image:
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    weight = mask[..., None]
+    out = rgb * weight + np.asarray(background, dtype=np.float32) * (1.0 - weight)
+    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8), "RGB")
+
+
+def with_alpha(picture: Image.Image, mask: np.ndarray) -> Image.Image:
+    """RGBA version of `picture` with the garment mask as alpha (for PNG output)."""
+    rgba = picture.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.clip(np.round(mask * 255), 0, 255).astype(np.uint8), "L"))
+    return rgba

@@ -1,0 +1,1 @@
+"""Code both services use: image decoding, safe URL fetching, errors and Flask plumbing."""

@@ -1,0 +1,211 @@
+"""Flask plumbing both services share: problem+json errors, request ids, structured logs,
+health/readiness, Prometheus metrics, the OpenAPI document and strict JSON body parsing."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any, Callable
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import BadRequest, NotReady, ProblemError, UnsupportedMediaType
+
+log = logging.getLogger("fashion.http")
+PROBLEM_MIMETYPE = "application/problem+json"
+
+
+def problem_response(status: int, title: str, detail: str, **extra: Any) -> Response:
+    body = {"type": "about:blank" if not extra.get("type") else extra.pop("type"),
+            "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    if getattr(g, "request_id", None):
+        body["request_id"] = g.request_id
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+
+
+class Readiness:
+    """Tracks whether a service's models/index are loaded; shown by /readyz and request guards."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.error: str | None = None
+        self.detail = "loading"
+
+    def set_ready(self, detail: str = "ready") -> None:
+        self.ready, self.error, self.detail = True, None, detail
+
+    def set_failed(self, error: str) -> None:
+        self.ready, self.error, self.detail = False, error, "failed"
+
+    def require(self) -> None:
+        if not self.ready:
+            raise NotReady(self.error or "The service is still loading its models; retry shortly.")
+
+
+class Metrics:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests", ["service", "endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds", "HTTP request latency", ["service", "endpoint"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.inference = Histogram(
+            "model_inference_seconds", "Time spent in each model/pipeline stage", ["service", "stage"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.service = service
+
+    def observe_stages(self, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.inference.labels(self.service, stage).observe(seconds)
+
+    def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def json_object_body() -> dict:
+    """The request body as a JSON object, or a 415/400 problem saying what is wrong."""
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            f"Send a JSON object with Content-Type: application/json (got {request.mimetype or 'none'!r})."
+        )
+    try:
+        body = json.loads(request.get_data(cache=True) or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"The JSON body must be an object, not {type(body).__name__}.")
+    return body
+
+
+def reject_unknown_fields(body: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(
+            f"Unknown field {unknown[0]!r}; accepted fields: {', '.join(sorted(allowed))}.",
+            field=unknown[0],
+        )
+
+
+def stage_timings() -> dict[str, float]:
+    """Per-request dict the handlers fill with pipeline stage timings (logged and measured)."""
+    if "stage_timings" not in g:
+        g.stage_timings = {}
+    return g.stage_timings
+
+
+def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: dict) -> None:
+    """Error handlers, request ids, logs, metrics and the ops endpoints, on one app."""
+    metrics = Metrics(service)
+    app.extensions["metrics"] = metrics
+    app.extensions["readiness"] = readiness
+    app.json.sort_keys = False
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        metrics.requests.labels(service, endpoint, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(service, endpoint).observe(elapsed)
+        timings = g.get("stage_timings") or {}
+        metrics.observe_stages(timings)
+        if endpoint not in ("/healthz", "/readyz", "/metrics"):
+            log.info(json.dumps({
+                "service": service, "request_id": g.get("request_id"), "method": request.method,
+                "path": request.path, "status": response.status_code,
+                "ms": round(elapsed * 1000, 2),
+                "stages_ms": {k: round(v * 1000, 2) for k, v in timings.items()},
+            }))
+        return response
+
+    @app.errorhandler(ProblemError)
+    def _problem(exc: ProblemError) -> Response:
+        body = exc.to_dict()
+        status = body.pop("status")
+        return problem_response(status, body.pop("title"), body.pop("detail"), **body)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        detail = exc.description or exc.name
+        if exc.code == 413:
+            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            detail = f"The request body is larger than the {limit:,}-byte limit." if limit else detail
+        response = problem_response(exc.code or 500, exc.name, detail)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error (request_id=%s)", g.get("request_id"))
+        return problem_response(500, "Internal server error",
+                                "An unexpected error occurred; it has been logged with this request id.")
+
+    ops = Blueprint("ops", __name__)
+
+    @ops.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", service=service)
+
+    @ops.get("/readyz")
+    def readyz():
+        if readiness.ready:
+            return jsonify(status="ready", service=service, detail=readiness.detail)
+        title = "Not ready" if readiness.error is None else "Failed to load"
+        return problem_response(503, title, readiness.error or "Loading models; not ready yet.")
+
+    @ops.get("/metrics")
+    def metrics_endpoint():
+        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+
+    @ops.get("/openapi.json")
+    def openapi_document():
+        return jsonify(openapi)
+
+    app.register_blueprint(ops)
+
+
+def load_in_background(readiness: Readiness, loader: Callable[[], str], *, synchronous: bool) -> None:
+    """Run `loader` (returns a readiness detail) now or in a thread, recording success or failure."""
+    import threading
+
+    def run() -> None:
+        try:
+            readiness.set_ready(loader())
+        except Exception as exc:  # noqa: BLE001 - any load failure must show on /readyz
+            logging.getLogger("fashion.startup").exception("loading failed")
+            readiness.set_failed(f"{type(exc).__name__}: {exc}")
+
+    if synchronous:
+        run()
+    else:
+        threading.Thread(target=run, name="model-loader", daemon=True).start()

@@ -47,7 +47,7 @@ class MissingWeights(RuntimeError):
     pass
 
 
-def _session_class(name: str):
+def session_class(name: str):
     from rembg.sessions import sessions_class
 
     for cls in sessions_class:
@@ -58,7 +58,7 @@ def _session_class(name: str):
 
 def weights_file(name: str) -> str | None:
     """Where rembg would load `name` from, or None if it is not on disk."""
-    return _session_class(name).resolve_existing(f"{name}.onnx")
+    return session_class(name).resolve_existing(f"{name}.onnx")
 
 
 class ModelSession:
@@ -98,8 +98,8 @@ def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig) -> Mo
 @dataclass
 class Models:
     person: ModelSession
-    cloth: ModelSession
-    product: ModelSession
+    cloth: ModelSession | None  # None only in tools that evaluate the person step alone
+    product: ModelSession | None
 
 
 def load_models(config: BgConfig) -> Models:

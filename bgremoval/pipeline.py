@@ -100,11 +100,9 @@ class GarmentPipeline:
         raw = session.run(img)[0, 0]
         return np.clip(resize_plane(raw, img.size), 0.0, 1.0)
 
-    def person_mask(self, img: Image.Image, *, keep_main: bool | None = None) -> np.ndarray:
-        """Boolean person mask at `img`'s size (the evaluation uses this step on its own)."""
-        keep_main = self.settings.keep_main_person if keep_main is None else keep_main
-        person = self._matte(self.models.person, img) > self.settings.person_threshold
-        return keep_main_component(person) if keep_main and person.any() else person
+    def person_mask(self, img: Image.Image) -> np.ndarray:
+        """Boolean person matte at `img`'s size, every person in it (before keeping the main one)."""
+        return self._matte(self.models.person, img) > self.settings.person_threshold
 
     def class_probabilities(self, img: Image.Image) -> dict[str, np.ndarray]:
         logits = self.models.cloth.run(img)[0]
@@ -131,7 +129,7 @@ class GarmentPipeline:
             foreground = resize_plane(known_foreground.astype(np.float32) / 255.0, work.size) > 0.5
 
         start = time.perf_counter()
-        person = self._matte(self.models.person, work) > s.person_threshold
+        person = self.person_mask(work)
         if foreground is not None:
             person &= foreground
         timings["person_matte"] = time.perf_counter() - start
@@ -159,6 +157,8 @@ class GarmentPipeline:
         return GarmentMask(mask=np.clip(full, 0.0, 1.0), source=source, timings=timings)
 
     def _product_mask(self, work: Image.Image, foreground, timings: dict[str, float]) -> np.ndarray:
+        if self.models.product is None:
+            raise NoGarmentFound("No person found, and no product model is installed for flat-lays.")
         start = time.perf_counter()
         product = self._matte(self.models.product, work) > self.settings.person_threshold
         if foreground is not None:

@@ -1,0 +1,162 @@
+"""Evaluate the pipeline on street photos with pixel labels (the CCP subset in ../shared/data/ccp).
+
+    python -m bgremoval.evaluate --data ../shared/data/ccp [--limit N] [--out eval_out/bg]
+
+Two measurements, each with whatever weights are installed (U2NET_HOME, BG_*_MODEL):
+  garment IoU      full pipeline mask vs the garment classes below (needs the cloth model)
+  main-person IoU  person step alone vs every labelled pixel, with and without the
+                   keep-the-main-person step (needs only the person model)
+Prints a per-image table and the overall figures, and saves side-by-side pictures of the worst
+cases (photo | truth | prediction | output) into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from bgremoval.config import BgConfig
+from bgremoval.models import CLOTH_INPUTS, MATTE_INPUTS, MissingWeights, Models, open_session
+from bgremoval.pipeline import GarmentPipeline, NoGarmentFound, composite, keep_main_component
+
+# Clothing worn on the body. Everything else is not garment: null (background), skin, hair,
+# footwear, legwear (socks, stockings, tights), bags and accessories (belt, scarf, hat, glasses,
+# jewellery, watch, tie, gloves...). Names as in the dataset's classes.tsv.
+GARMENT_CLASS_NAMES = frozenset({
+    "blazer", "blouse", "bodysuit", "bra", "cape", "cardigan", "coat", "dress", "hoodie",
+    "intimate", "jacket", "jeans", "jumper", "leggings", "panties", "pants", "romper", "shirt",
+    "shorts", "skirt", "suit", "sweater", "sweatshirt", "swimwear", "t-shirt", "top", "vest",
+})
+BACKGROUND_CLASS = "null"
+
+
+def read_classes(data: Path) -> dict[int, str]:
+    with open(data / "classes.tsv", newline="") as fh:
+        return {int(row["index"]): row["name"] for row in csv.DictReader(fh, delimiter="\t")}
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    union = np.logical_or(pred, truth).sum()
+    return float(np.logical_and(pred, truth).sum() / union) if union else 1.0
+
+
+@dataclass
+class Row:
+    image: str
+    garment_iou: float | None = None
+    person_iou_main: float | None = None
+    person_iou_all: float | None = None
+    note: str = ""
+
+
+def _optional(name: str, specs, config: BgConfig):
+    try:
+        return open_session(name, specs, config)
+    except MissingWeights as exc:
+        print(f"note: {exc}", file=sys.stderr)
+        return None
+
+
+def side_by_side(photo: Image.Image, truth: np.ndarray, pred: np.ndarray, out: Image.Image) -> Image.Image:
+    tiles = [photo, Image.fromarray(truth.astype(np.uint8) * 255).convert("RGB"),
+             Image.fromarray(pred.astype(np.uint8) * 255).convert("RGB"), out]
+    w, h = photo.size
+    canvas = Image.new("RGB", (w * len(tiles), h))
+    for i, tile in enumerate(tiles):
+        canvas.paste(tile, (i * w, 0))
+    return canvas.resize((canvas.width // 2, canvas.height // 2))
+
+
+def evaluate(data: Path, out_dir: Path, limit: int | None, worst: int) -> list[Row]:
+    config = BgConfig.from_env()
+    person = open_session(config.models.person, MATTE_INPUTS, config)  # required
+    cloth = _optional(config.models.cloth, CLOTH_INPUTS, config)
+    product = _optional(config.models.product, MATTE_INPUTS, config)
+    pipeline = GarmentPipeline(Models(person=person, cloth=cloth, product=product), config.pipeline)
+    if cloth is None:
+        print("garment IoU skipped: no clothing-segmentation weights installed", file=sys.stderr)
+
+    classes = read_classes(data)
+    garment_ids = [i for i, n in classes.items() if n in GARMENT_CLASS_NAMES]
+    background_id = next(i for i, n in classes.items() if n == BACKGROUND_CLASS)
+    images = sorted((data / "images").glob("*.jpg"))[:limit]
+    rows: list[Row] = []
+    pictures: dict[str, tuple] = {}
+    started = time.perf_counter()
+    for path in tqdm(images, desc="evaluating", unit="img"):
+        photo = Image.open(path).convert("RGB")
+        labels = np.asarray(Image.open(data / "labels" / f"{path.stem}.png"))
+        row = Row(path.stem)
+        person_truth = labels != background_id
+        everyone = pipeline.person_mask(photo)
+        row.person_iou_all = iou(everyone, person_truth)
+        row.person_iou_main = iou(keep_main_component(everyone) if everyone.any() else everyone, person_truth)
+        if cloth is not None:
+            garment_truth = np.isin(labels, garment_ids)
+            try:
+                mask = pipeline.garment_mask(photo).mask > 0.5
+            except NoGarmentFound as exc:
+                mask, row.note = np.zeros_like(garment_truth), exc.detail
+            row.garment_iou = iou(mask, garment_truth)
+            pictures[path.stem] = (photo, garment_truth, mask)
+        rows.append(row)
+    elapsed = time.perf_counter() - started
+
+    print_table(rows)
+    print(f"\n{len(rows)} images in {elapsed:.1f} s ({elapsed / max(len(rows), 1):.2f} s/image); "
+          f"models: person={person.name}, cloth={cloth.name if cloth else '-'}, "
+          f"product={product.name if product else '-'}")
+    if pictures:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ranked = sorted((r for r in rows if r.garment_iou is not None), key=lambda r: r.garment_iou)
+        for r in ranked[:worst]:
+            photo, truth, mask = pictures[r.image]
+            picture = side_by_side(photo, truth, mask, composite(photo, mask.astype(np.float32), (0, 0, 0)))
+            picture.save(out_dir / f"worst_{r.garment_iou:.3f}_{r.image}.jpg", quality=90)
+        print(f"worst {min(worst, len(ranked))} cases saved to {out_dir}/ (photo | truth | prediction | output)")
+    return rows
+
+
+def _mean(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.4f}" if values else "-"
+
+
+def print_table(rows: list[Row]) -> None:
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    print(f"{'image':<8} {'garment_iou':>11} {'person_main':>11} {'person_all':>10}  note")
+    for r in rows:
+        print(f"{r.image:<8} {fmt(r.garment_iou):>11} {fmt(r.person_iou_main):>11} "
+              f"{fmt(r.person_iou_all):>10}  {r.note}")
+    print(f"{'MEAN':<8} {_mean(r.garment_iou for r in rows):>11} {_mean(r.person_iou_main for r in rows):>11} "
+          f"{_mean(r.person_iou_all for r in rows):>10}")
+    changed = [r for r in rows if r.person_iou_main is not None and abs(r.person_iou_main - r.person_iou_all) > 1e-6]
+    better = sum(r.person_iou_main > r.person_iou_all for r in changed)
+    print(f"keep-main-person changed {len(changed)} of {len(rows)} images: {better} better, "
+          f"{len(changed) - better} worse")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder with images/, labels/, classes.tsv")
+    parser.add_argument("--out", type=Path, default=Path("eval_out/bg"), help="where worst cases are saved")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--worst", type=int, default=8, help="how many worst cases to save")
+    args = parser.parse_args(argv)
+    if not (args.data / "images").is_dir():
+        print(f"{args.data}/images not found", file=sys.stderr)
+        return 2
+    evaluate(args.data, args.out, args.limit, args.worst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

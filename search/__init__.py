@@ -1,0 +1,41 @@
+"""Text search over precomputed, per-product pooled CLIP embeddings of garment-only photos."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from search.config import SearchConfig
+
+
+def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
+    """App factory. `embedder` lets tests share one loaded model between apps."""
+    from search.api import bp
+    from search.index import Index
+    from search.openapi import OPENAPI
+    from search.searcher import Searcher
+    from shared.web import Readiness, install_common, load_in_background
+
+    config = config or SearchConfig.from_env()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app = Flask(__name__)
+    app.config["SEARCH"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    readiness = Readiness()
+    install_common(app, service="search", readiness=readiness, openapi=OPENAPI)
+    app.register_blueprint(bp)
+
+    def load() -> str:
+        from search.embedder import ClipEmbedder
+
+        index = Index.load(config.index_dir)  # cheap checks first: a bad index fails fast
+        model = embedder if embedder is not None else ClipEmbedder(config.clip)
+        index.check_compatible(model.identity)
+        searcher = Searcher(index, model, name_weight=config.name_weight, cache_size=config.query_cache_size)
+        app.extensions["searcher"] = searcher
+        app.extensions["served_images"] = {(im["product"], im["file"]) for im in index.meta["images"]}
+        searcher.embed_query("warm up")  # first torch call is slow; pay it before ready
+        return f"{len(index.products)} products, {len(index.image_files)} images, {model.model_name}"
+
+    load_in_background(readiness, load, synchronous=config.load_synchronously or embedder is not None)
+    return app

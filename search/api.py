@@ -1,0 +1,55 @@
+"""HTTP layer of the search service."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from flask import Blueprint, current_app, jsonify, send_from_directory
+
+from shared.errors import BadRequest, NotFound
+from shared.web import json_object_body, reject_unknown_fields, stage_timings
+
+bp = Blueprint("search", __name__)
+MAX_N = 100
+
+
+def _parse(body: dict) -> tuple[str, int]:
+    reject_unknown_fields(body, {"text", "n"})
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("text must be a non-empty string.", field="text")
+    n = body.get("n", 5)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise BadRequest(f"n must be an integer from 1 to {MAX_N}.", field="n")
+    return text, n
+
+
+def image_url(product: str, file: str) -> str:
+    path = f"/images/{quote(product, safe='')}/{quote(file, safe='')}"
+    base = current_app.config["SEARCH"].public_base_url
+    return f"{base}{path}" if base else path
+
+
+@bp.post("/")
+def search():
+    current_app.extensions["readiness"].require()
+    text, n = _parse(json_object_body())
+    searcher = current_app.extensions["searcher"]
+    start = time.perf_counter()
+    results = searcher.search(text, n)
+    stage_timings()["search"] = time.perf_counter() - start
+    return jsonify([{"product_name": r.product_name, "url": image_url(r.product_name, r.image_file),
+                     "score": round(r.score, 6)} for r in results])
+
+
+@bp.get("/images/<product>/<file>")
+def image(product: str, file: str):
+    current_app.extensions["readiness"].require()
+    searcher = current_app.extensions["searcher"]
+    # Only files the index lists are served: no path from the client reaches the filesystem.
+    if (product, file) not in current_app.extensions["served_images"]:
+        raise NotFound(f"No image {file!r} of product {product!r} in the index.")
+    catalog = Path(current_app.config["SEARCH"].catalog_dir or searcher.index.meta["catalog_dir"])
+    response = send_from_directory(catalog / product, file, max_age=3600)
+    return response

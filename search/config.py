@@ -1,0 +1,57 @@
+"""Every setting of the search service and its indexer, read from the environment in this one place."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _flag(env, name: str, default: bool = False) -> bool:
+    return env.get(name, "1" if default else "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    model: str = "ViT-B-32"
+    # An open_clip pretrained tag (downloaded once into cache_dir) or a local weights file.
+    # Empty = random weights from `seed` (tests and benchmarks only; results are meaningless).
+    pretrained: str = "laion2b_s34b_b79k"
+    cache_dir: str | None = None
+    extra_config_dir: str | None = None  # more model configs (JSON) to register with open_clip
+    seed: int = 0
+    threads: int = 1
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "ClipSettings":
+        return cls(
+            model=env.get("CLIP_MODEL", cls.model),
+            pretrained=env.get("CLIP_PRETRAINED", cls.pretrained),
+            cache_dir=env.get("CLIP_CACHE_DIR") or None,
+            extra_config_dir=env.get("CLIP_CONFIG_DIR") or None,
+            seed=int(env.get("CLIP_SEED", cls.seed)),
+            threads=int(env.get("TORCH_THREADS", cls.threads)),
+        )
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    clip: ClipSettings = field(default_factory=ClipSettings)
+    index_dir: str = "index"
+    catalog_dir: str | None = None  # where /images/ are served from; default: the index's catalog
+    public_base_url: str | None = None  # makes result urls absolute
+    name_weight: float = 0.3  # share of the score that comes from matching the product name
+    query_cache_size: int = 1024
+    max_body_bytes: int = 64 * 1024
+    load_synchronously: bool = False
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "SearchConfig":
+        return cls(
+            clip=ClipSettings.from_env(env),
+            index_dir=env.get("SEARCH_INDEX_DIR", cls.index_dir),
+            catalog_dir=env.get("SEARCH_CATALOG_DIR") or None,
+            public_base_url=(env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            name_weight=float(env.get("SEARCH_NAME_WEIGHT", cls.name_weight)),
+            query_cache_size=int(env.get("QUERY_CACHE_SIZE", cls.query_cache_size)),
+            max_body_bytes=int(env.get("SEARCH_MAX_BODY_BYTES", cls.max_body_bytes)),
+            load_synchronously=_flag(env, "LOAD_SYNCHRONOUSLY"),
+        )

@@ -40,7 +40,7 @@ class SearchConfig:
     public_base_url: str | None = None  # makes result urls absolute
     name_weight: float = 0.3  # share of the score that comes from matching the product name
     query_cache_size: int = 1024
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int = 256 * 1024  # a 100 KB query is truncated, not refused
     load_synchronously: bool = False
 
     @classmethod

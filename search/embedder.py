@@ -18,7 +18,14 @@ from PIL import Image
 from search.config import ClipSettings
 
 log = logging.getLogger("fashion.search")
-PROBE_TEXT = "a photo of a garment"  # its embedding fingerprints the weights (see Index checks)
+PROBE_TEXT = "a photo of a garment"
+# 77 tokens never span more characters than this; cutting first keeps the tokenizer's BPE
+# from chewing through a 100 KB query only to drop all but the start.
+MAX_QUERY_CHARS = 2000  # its embedding fingerprints the weights (see Index checks)
+
+
+def _clip_text(text: str) -> str:
+    return " ".join(text.split())[:MAX_QUERY_CHARS]  # the tokenizer collapses whitespace too
 
 
 def register_model_configs(directory: str | None) -> None:
@@ -76,14 +83,15 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        tokens = self.tokenizer(list(texts))  # long text is truncated to the context here
+        # long text is truncated to the model's context by the tokenizer
+        tokens = self.tokenizer([_clip_text(text) for text in texts])
         features = self._encode_tokens_fast(tokens) if self._fast_text else self.model.encode_text(tokens)
         return torch.nn.functional.normalize(features, dim=-1).numpy().astype(np.float32)
 
     @torch.inference_mode()
     def encode_texts_full(self, texts: Sequence[str]) -> np.ndarray:
         """The reference path (all 77 positions), kept for tests and benchmarks."""
-        features = self.model.encode_text(self.tokenizer(list(texts)))
+        features = self.model.encode_text(self.tokenizer([_clip_text(text) for text in texts]))
         return torch.nn.functional.normalize(features, dim=-1).numpy().astype(np.float32)
 
     def _encode_tokens_fast(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,298 @@
+"""Search: pooling maths, index build/load, the HTTP contract, one real gunicorn."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image, ImageDraw
+
+from search.config import ClipSettings, SearchConfig
+from search.index import Index, IndexLoadError, build_index, pool
+from search.searcher import words
+from tests.conftest import REPO, shared_data, start_gunicorn, stop
+from tests import scenes
+
+TINY = dict(model="tiny-clip", pretrained="", extra_config_dir=str(REPO / "tests" / "clip_configs"))
+PRODUCT_COLOURS = {
+    "1-red-top-shop-111": scenes.UPPER,
+    "2-blue-trousers-shop-222": scenes.LOWER,
+    "3-yellow-dress-shop-333": scenes.FULL,
+    "4-dark-red-blouse-shop-444": (150, 20, 20),
+    "5-navy-skirt-shop-555": (20, 20, 150),
+    "6-orange-tunic-shop-666": (230, 120, 20),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder():
+    from search.embedder import ClipEmbedder
+
+    return ClipEmbedder(ClipSettings(**TINY))
+
+
+def _person_wearing(colour, variant: int, size=(240, 320)) -> Image.Image:
+    img = Image.new("RGB", size, scenes.SCENERY)
+    d = ImageDraw.Draw(img)
+    d.rectangle((95, 20, 145, 70), fill=scenes.SKIN)
+    d.rectangle((60 + variant * 4, 70, 180 - variant * 4, 300), fill=colour)
+    return img
+
+
+@pytest.fixture(scope="session")
+def synthetic_catalog(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("catalog")
+    for i, (product, colour) in enumerate(PRODUCT_COLOURS.items()):
+        folder = root / product
+        folder.mkdir()
+        for v in range(1 + i % 3):
+            _person_wearing(colour, v).save(folder / f"photo-{v}.jpg", quality=95)
+    (root / "2-blue-trousers-shop-222" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_index(tmp_path_factory, synthetic_catalog, tiny_embedder, bg_pipeline) -> Path:
+    from search.garments import LocalGarments
+
+    out = tmp_path_factory.mktemp("index")
+    report = build_index(synthetic_catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False)
+    assert report.embedded == report.images == sum(1 + i % 3 for i in range(6))
+    assert any("notes.txt" in w for w in report.warnings)
+    return out
+
+
+@pytest.fixture(scope="session")
+def search_app(synthetic_index, tiny_embedder):
+    from search import create_app
+
+    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index)),
+                     embedder=tiny_embedder)
+    app.testing = True
+    return app
+
+
+@pytest.fixture
+def client(search_app):
+    return search_app.test_client()
+
+
+# ------------------------------------------------------------------ maths and embedder
+
+
+def test_max_pooling_matches_numpy_by_hand():
+    e = np.array([[0.6, 0.8, 0.0], [0.0, 0.6, 0.8], [1.0, 0.0, 0.0]], np.float32)
+    expected = np.array([1.0, 0.8, 0.8]) / np.sqrt(1.0 + 0.64 + 0.64)
+    assert np.allclose(pool(e, "max"), expected, atol=1e-6)
+    mean = np.array([1.6, 1.4, 0.8]) / 3
+    assert np.allclose(pool(e, "mean"), mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_index_vectors_are_the_pooled_normalised_image_vectors(synthetic_index):
+    index = Index.load(synthetic_index)
+    assert np.allclose(np.linalg.norm(index.image_embeddings, axis=1), 1.0, atol=1e-5)
+    for p, start in enumerate(index.starts):
+        count = index.meta["products"][p]["count"]
+        rows = index.image_embeddings[start:start + count]
+        by_hand = rows.max(axis=0) / np.linalg.norm(rows.max(axis=0))
+        assert np.allclose(index.product_embeddings[p], by_hand, atol=1e-6)
+
+
+def test_score_max_pooling_scores_the_best_image(synthetic_index, tmp_path, tiny_embedder):
+    target = tmp_path / "idx"
+    shutil.copytree(synthetic_index, target)
+    meta = json.loads((target / "meta.json").read_text())
+    meta["pooling"] = "score-max"
+    (target / "meta.json").write_text(json.dumps(meta))
+    index = Index.load(target)
+    q = tiny_embedder.encode_texts(["red top"])[0]
+    scores, best = index.visual_scores(q)
+    per_image = index.image_embeddings @ q
+    for p, start in enumerate(index.starts):
+        count = index.meta["products"][p]["count"]
+        assert scores[p] == pytest.approx(per_image[start:start + count].max(), abs=1e-6)
+        assert best[p] == start + int(np.argmax(per_image[start:start + count]))
+
+
+def test_truncated_text_encoding_equals_the_full_77_token_one(tiny_embedder):
+    texts = ["pastel coloured tunic", "a", "red", "very " * 30 + "long query", "🧥 ceket dress платье"]
+    fast = tiny_embedder.encode_texts(texts)
+    full = tiny_embedder.encode_texts_full(texts)
+    assert np.abs(fast - full).max() <= 1e-4
+    for text in texts[:3]:  # alone, each is truncated to its own length
+        assert np.abs(tiny_embedder.encode_texts([text]) - tiny_embedder.encode_texts_full([text])).max() <= 1e-4
+
+
+def test_name_words_drop_ids_and_prefixes():
+    assert words("1-black-traverse-point-collar-cotton-tunic-sahra-butik-8271559") >= {"black", "tunic", "collar"}
+    assert "8271559" not in words("x-8271559")
+
+
+# ------------------------------------------------------------------ index build / load
+
+
+def test_update_reembeds_only_changed_images(synthetic_catalog, synthetic_index, tmp_path, tiny_embedder, bg_pipeline):
+    from search.garments import LocalGarments
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(synthetic_catalog, catalog)
+    out = tmp_path / "idx"
+    shutil.copytree(synthetic_index, out)
+    _person_wearing((200, 30, 90), 2).save(catalog / "1-red-top-shop-111" / "photo-0.jpg")  # changed
+    (catalog / "7-new-pink-top-777").mkdir()
+    _person_wearing((240, 40, 160), 0).save(catalog / "7-new-pink-top-777" / "a.png")  # new
+    report = build_index(catalog, out, tiny_embedder, LocalGarments(bg_pipeline), update=True, progress=False)
+    assert report.embedded == 2 and report.reused == report.images - 2
+    assert "7-new-pink-top-777" in Index.load(out).products
+
+
+def test_mismatched_model_is_refused(synthetic_index):
+    from search.embedder import ClipEmbedder
+
+    other = ClipEmbedder(ClipSettings(**{**TINY, "seed": 1}))
+    with pytest.raises(IndexLoadError, match="probe"):
+        Index.load(synthetic_index).check_compatible(other.identity)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "shape", "version"])
+def test_broken_index_fails_readiness_with_a_clear_message(synthetic_index, tmp_path, tiny_embedder, damage):
+    from search import create_app
+
+    target = tmp_path / "idx"
+    shutil.copytree(synthetic_index, target)
+    if damage == "missing":
+        (target / "product_embeddings.npy").unlink()
+    elif damage == "corrupt":
+        (target / "image_embeddings.npy").write_bytes(b"garbage")
+    elif damage == "shape":
+        np.save(target / "product_embeddings.npy", np.zeros((2, 3), np.float32))
+    else:
+        meta = json.loads((target / "meta.json").read_text())
+        meta["format_version"] = 99
+        (target / "meta.json").write_text(json.dumps(meta))
+    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(target)), embedder=tiny_embedder)
+    client = app.test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "index" in ready.json["detail"]
+    response = client.post("/", json={"text": "red"})
+    assert response.status_code == 503 and response.mimetype == "application/problem+json"
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_real_catalog_index_with_the_tiny_model(tmp_path_factory, tiny_embedder, bg_pipeline):
+    from search.garments import LocalGarments
+
+    catalog = shared_data("catalog")
+    out = tmp_path_factory.mktemp("real_index")
+    report = build_index(catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False)
+    index = Index.load(out)
+    assert report.images == 171 and len(index.image_files) + len(report.skipped) == 171
+    assert len(index.products) >= 30
+    pairs = {frozenset(d["products"]) for d in report.duplicates}
+    assert frozenset({"1-black-traverse-point-collar-cotton-tunic-sahra-butik-8271559",
+                      "26-results-black-traverse"}) in pairs
+
+
+# ------------------------------------------------------------------ HTTP contract
+
+
+def test_results_contract(client):
+    response = client.post("/", json={"text": "red top", "n": 4})
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    results = response.json
+    assert len(results) == 4
+    assert len({r["product_name"] for r in results}) == 4
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    for r in results:
+        assert set(r) == {"product_name", "url", "score"}
+        assert isinstance(r["product_name"], str) and isinstance(r["score"], float)
+        assert -1.0 <= r["score"] <= 1.0
+        assert client.get(r["url"]).status_code == 200
+
+
+def test_n_defaults_to_5_and_is_capped_by_the_product_count(client):
+    assert len(client.post("/", json={"text": "dress"}).json) == 5
+    everything = client.post("/", json={"text": "dress", "n": 100}).json
+    assert len(everything) == len(PRODUCT_COLOURS)
+    assert len({r["product_name"] for r in everything}) == len(PRODUCT_COLOURS)
+
+
+def test_name_words_lift_matching_products(client):
+    results = client.post("/", json={"text": "yellow dress", "n": 3}).json
+    assert results[0]["product_name"] == "3-yellow-dress-shop-333"
+
+
+def test_public_base_url_makes_absolute_urls(synthetic_index, tiny_embedder):
+    from search import create_app
+
+    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index),
+                                  public_base_url="https://search.example.com"), embedder=tiny_embedder)
+    url = app.test_client().post("/", json={"text": "top", "n": 1}).json[0]["url"]
+    assert url.startswith("https://search.example.com/images/")
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"text": "red", "n": 0}, "n"), ({"text": "red", "n": -1}, "n"), ({"text": "red", "n": 101}, "n"),
+    ({"text": "red", "n": 10**9}, "n"), ({"text": "red", "n": "5"}, "n"), ({"text": "red", "n": 5.5}, "n"),
+    ({"text": "red", "n": None}, "n"), ({"text": "red", "n": True}, "n"),
+    ({"text": ""}, "text"), ({"text": "   "}, "text"), ({"text": 5}, "text"), ({}, "text"),
+    ({"text": "red", "limit": 3}, "limit"),
+])
+def test_bad_fields(client, body, field):
+    response = client.post("/", json=body)
+    assert response.status_code == 400 and response.json["field"] == field
+    assert response.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("data,content_type,status", [
+    ("{not json", "application/json", 400),
+    ("[1, 2]", "application/json", 400),
+    ("5", "application/json", 400),
+    ('{"text": "red"}', "text/plain", 415),
+    ("text=red", "application/x-www-form-urlencoded", 415),
+])
+def test_bad_bodies(client, data, content_type, status):
+    response = client.post("/", data=data, content_type=content_type)
+    assert response.status_code == status and response.mimetype == "application/problem+json"
+    assert client.post("/", json={"text": "red"}).status_code == 200  # still serving
+
+
+def test_long_and_unusual_text_is_accepted(client):
+    for text in ["tunic " * 20000, "🧥👗 elbise платье 连衣裙", "ümlaut çiçekli tunik"]:
+        response = client.post("/", json={"text": text, "n": 2})
+        assert response.status_code == 200 and len(response.json) == 2
+
+
+def test_query_cache_hits_on_repeat(search_app, client):
+    cache = search_app.extensions["searcher"].cache
+    client.post("/", json={"text": "cache me please"})
+    hits = cache.hits
+    client.post("/", json={"text": "  Cache me   PLEASE "})
+    assert cache.hits == hits + 1
+
+
+def test_unknown_and_traversal_image_paths_are_404(client):
+    assert client.get("/images/1-red-top-shop-111/nope.jpg").status_code == 404
+    assert client.get("/images/..%2F..%2Fetc/passwd").status_code == 404
+    response = client.get("/images/1-red-top-shop-111/..%2F..%2Fmeta.json")
+    assert response.status_code == 404 and response.mimetype == "application/problem+json"
+
+
+def test_through_real_gunicorn(synthetic_index, oracle_weights):
+    proc, base = start_gunicorn("search:create_app()", {
+        "CLIP_MODEL": "tiny-clip", "CLIP_PRETRAINED": "", "CLIP_CONFIG_DIR": TINY["extra_config_dir"],
+        "SEARCH_INDEX_DIR": str(synthetic_index), "GUNICORN_WORKERS": "1",
+    })
+    try:
+        response = requests.post(base + "/", json={"text": "pastel coloured tunic", "n": 3}, timeout=30)
+        assert response.status_code == 200, response.text
+        results = response.json()
+        assert len(results) == 3 and len({r["product_name"] for r in results}) == 3
+        assert requests.get(base + results[0]["url"], timeout=10).status_code == 200
+        assert requests.post(base + "/", json={"text": "x", "n": 0}, timeout=10).status_code == 400
+    finally:
+        stop(proc)

@@ -1,0 +1,73 @@
+# Search service with a ready index of the sample catalog. Build from the repository root:
+#   docker build -f docker/search.Dockerfile -t fashion-search .
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
+
+# CPU-only torch wheels; set to "" to take torch from the default index (e.g. no access to it).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# download | context (see docker/context/README.md)
+ARG WEIGHTS_SOURCE=download
+ARG CLIP_SOURCE=download
+ARG CATALOG_SOURCE=download
+ARG CLIP_MODEL=ViT-B-32
+ARG CLIP_PRETRAINED=laion2b_s34b_b79k
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    U2NET_HOME=/opt/models/u2net \
+    CLIP_CACHE_DIR=/opt/models/clip \
+    CLIP_MODEL=${CLIP_MODEL} \
+    CLIP_PRETRAINED=${CLIP_PRETRAINED} \
+    HF_HUB_OFFLINE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba \
+    SEARCH_INDEX_DIR=/opt/index \
+    SEARCH_CATALOG_DIR=/opt/catalog \
+    TORCH_THREADS=1 \
+    GUNICORN_WORKERS=2 \
+    GUNICORN_THREADS=2
+
+WORKDIR /app
+COPY requirements-bg.txt requirements-search.txt ./
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --extra-index-url "$TORCH_INDEX_URL" -r requirements-search.txt; \
+    else \
+        pip install -r requirements-search.txt; \
+    fi
+
+COPY docker/context/ /tmp/context/
+COPY shared/ shared/
+COPY bgremoval/ bgremoval/
+COPY search/ search/
+COPY sample/ sample/
+COPY docker/gunicorn.conf.py docker/
+
+# Weights (bg-removal models for the indexer, CLIP for both), then the catalog, then the index.
+RUN set -eu; \
+    if [ "$WEIGHTS_SOURCE" = context ]; then \
+        MODEL_CHECKSUM_DISABLED=1 python -m bgremoval.weights copy --from /tmp/context/u2net; \
+    else \
+        python -m bgremoval.weights download; \
+    fi; \
+    if [ "$CLIP_SOURCE" = context ]; then \
+        mkdir -p /opt/models/clip && cp -r /tmp/context/clip/. /opt/models/clip/; \
+    else \
+        HF_HUB_OFFLINE=0 python -m search.weights download; \
+    fi; \
+    if [ "$CATALOG_SOURCE" = context ]; then \
+        python sample/fetch_catalog.py --from /tmp/context/catalog --out /opt/catalog; \
+    else \
+        python sample/fetch_catalog.py --out /opt/catalog; \
+    fi; \
+    rm -rf /tmp/context
+
+ENV CLIP_CONFIG_DIR=/opt/models/clip
+RUN python -m search.index build --catalog /opt/catalog --out /opt/index \
+    && python -m search.index info --index /opt/index
+
+RUN useradd --system --uid 10001 --no-create-home app && mkdir -p /tmp/numba && chown app /tmp/numba
+USER app
+EXPOSE 5000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/readyz', timeout=4)"
+CMD ["gunicorn", "-c", "docker/gunicorn.conf.py", "search:create_app()"]

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Container smoke test: build both images with podman from a local base image, test weights and
+# the sample catalog (through the build args), start them with podman-compose, check the real
+# HTTP contract on the 127.0.0.1 published ports, then tear everything down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+TOOLS=$REPO/../shared/tools/containers
+CATALOG=$REPO/../shared/data/catalog
+if [ ! -d "$TOOLS" ] || [ ! -d "$CATALOG" ]; then
+  echo "container smoke test skipped: ../shared/tools/containers or ../shared/data/catalog is absent"
+  exit 0
+fi
+started=$(date +%s)
+stamp() { echo "[smoke +$(( $(date +%s) - started ))s] $*"; }
+
+bash "$TOOLS/install-podman.sh"
+# shellcheck disable=SC1091
+. "$TOOLS/podman-env.sh"
+podman image exists "$BASE_IMAGE" || bash "$TOOLS/build-local-base.sh"
+stamp "base image $BASE_IMAGE ready"
+
+export BG_PORT=${BG_PORT:-5001} SEARCH_PORT=${SEARCH_PORT:-5002}
+export WEIGHTS_SOURCE=context CLIP_SOURCE=context CATALOG_SOURCE=context
+export CLIP_MODEL=tiny-clip CLIP_PRETRAINED= TORCH_INDEX_URL=
+PROJECT=fashion-smoke
+CTX=$REPO/docker/context
+
+cleanup() {
+  podman-compose -p "$PROJECT" down >/dev/null 2>&1 || true
+  find "$CTX" -mindepth 1 ! -name README.md -exec rm -rf {} + 2>/dev/null || true
+  bash "$TOOLS/cleanup-host.sh"
+}
+trap cleanup EXIT
+
+# Test inputs for the air-gapped build path: oracle ONNX models, the tiny CLIP config, the catalog.
+find "$CTX" -mindepth 1 ! -name README.md -exec rm -rf {} +
+.venv/bin/python -m tests.oracle_models --out "$CTX/u2net" >/dev/null
+mkdir -p "$CTX/clip" && cp tests/clip_configs/tiny-clip.json "$CTX/clip/"
+.venv/bin/python sample/fetch_catalog.py --from "$CATALOG" --out "$CTX/catalog" 2>/dev/null
+
+build_started=$(date +%s)
+podman-compose -p "$PROJECT" build
+stamp "images built in $(( $(date +%s) - build_started ))s"
+podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep fashion- || true
+
+up_started=$(date +%s)
+podman-compose -p "$PROJECT" up -d
+.venv/bin/python scripts/smoke_checks.py --bg "http://127.0.0.1:$BG_PORT" \
+  --search "http://127.0.0.1:$SEARCH_PORT" --photo "$CATALOG" --up-started "$up_started"
+stamp "container smoke test passed"

@@ -1,0 +1,70 @@
+"""HTTP checks of the container smoke test (loopback published ports only)."""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+
+def wait_ready(base: str, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(base + "/readyz", timeout=2)
+            if response.status_code == 200:
+                return time.time()
+            last = response.text[:300]
+        except requests.RequestException as exc:
+            last = str(exc)[:300]
+        time.sleep(0.5)
+    sys.exit(f"{base}/readyz not ready after {timeout:.0f} s: {last}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bg", required=True)
+    parser.add_argument("--search", required=True)
+    parser.add_argument("--photo", type=Path, required=True, help="catalog folder to take a photo from")
+    parser.add_argument("--up-started", type=float, required=True)
+    parser.add_argument("--timeout", type=float, default=180)
+    args = parser.parse_args()
+    for name, base in (("bgremoval", args.bg), ("search", args.search)):
+        ready_at = wait_ready(base, args.timeout)
+        print(f"{name}: ready {ready_at - args.up_started:.1f} s after compose up")
+
+    photo = sorted(args.photo.glob("*/*.png"))[0]
+    size = Image.open(photo).size
+    response = requests.post(args.bg + "/", files={"file": (photo.name, photo.read_bytes(), "image/png")}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "image/jpeg"
+    out = Image.open(io.BytesIO(response.content))
+    assert out.format == "JPEG" and out.size == size, (out.format, out.size, size)
+    print(f"bgremoval: {photo.parent.name}/{photo.name} -> {out.size[0]}x{out.size[1]} JPEG")
+
+    bad = requests.post(args.bg + "/", json={"url": "http://169.254.169.254/latest"}, timeout=30)
+    assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/problem+json", bad.text
+
+    response = requests.post(args.search + "/", json={"text": "pastel coloured tunic", "n": 5}, timeout=30)
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert isinstance(results, list) and len(results) == 5
+    assert len({r["product_name"] for r in results}) == 5
+    assert all(set(r) == {"product_name", "url", "score"} for r in results)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    image = requests.get(args.search + results[0]["url"], timeout=30)
+    assert image.status_code == 200 and image.headers["Content-Type"].startswith("image/")
+    print(f"search: 5 unique results, top {results[0]['product_name']} ({scores[0]:.3f}), image served")
+    bad = requests.post(args.search + "/", json={"text": "x", "n": 0}, timeout=30)
+    assert bad.status_code == 400
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

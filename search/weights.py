@@ -1,0 +1,35 @@
+"""Fetch the configured CLIP weights with open_clip's own download code (into CLIP_CACHE_DIR).
+
+    python -m search.weights download   # needs internet; the Docker build runs it
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from search.config import ClipSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["download"]:
+        print(__doc__, file=sys.stderr)
+        return 2
+    settings = ClipSettings.from_env()
+    if not settings.pretrained:
+        print("CLIP_PRETRAINED is empty: nothing to download (random weights)")
+        return 0
+    from search.embedder import ClipEmbedder
+
+    ClipEmbedder(settings)  # create_model_and_transforms(pretrained=...) downloads and loads
+    cache = Path(settings.cache_dir or os.path.expanduser("~/.cache"))
+    for path in sorted(p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        print(f"{path}: {path.stat().st_size:,} bytes, sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

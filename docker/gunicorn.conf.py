@@ -24,6 +24,15 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 
 
+def on_starting(server):
+    # Prometheus multiprocess mode: start from empty files, not a previous run's counters.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            os.remove(os.path.join(directory, name))
+
+
 def child_exit(server, worker):
     # Prometheus multiprocess mode: drop the dead worker's live gauges.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image, ImageDraw
+
+from search.config import ClipSettings, SearchConfig
+from tests import scenes
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -62,7 +66,7 @@ def bg_app(bg_models):
     from bgremoval.config import BgConfig
     from shared.fetch import FetchPolicy
 
-    config = BgConfig(fetch=FetchPolicy(allow_hosts=frozenset({"127.0.0.1", "localhost"}), deadline=3.0,
+    config = BgConfig(fetch=FetchPolicy(allow_hosts=frozenset({"127.0.0.1"}), deadline=3.0,
                                         read_timeout=2.0, max_bytes=2_000_000))
     app = create_app(config, models=bg_models)
     app.testing = True
@@ -109,6 +113,73 @@ def upstream():
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server
     server.shutdown()
+
+
+# ------------------------------------------------------------------ search fixtures
+
+TINY = dict(model="tiny-clip", pretrained="", extra_config_dir=str(REPO / "tests" / "clip_configs"))
+PRODUCT_COLOURS = {
+    "1-red-top-shop-111": scenes.UPPER,
+    "2-blue-trousers-shop-222": scenes.LOWER,
+    "3-yellow-dress-shop-333": scenes.FULL,
+    "4-dark-red-blouse-shop-444": (150, 20, 20),
+    "5-navy-skirt-shop-555": (20, 20, 150),
+    "6-orange-tunic-shop-666": (230, 120, 20),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder():
+    from search.embedder import ClipEmbedder
+
+    return ClipEmbedder(ClipSettings(**TINY))
+
+
+def person_wearing(colour, variant: int, size=(240, 320)) -> Image.Image:
+    img = Image.new("RGB", size, scenes.SCENERY)
+    d = ImageDraw.Draw(img)
+    d.rectangle((95, 20, 145, 70), fill=scenes.SKIN)
+    d.rectangle((60 + variant * 4, 70, 180 - variant * 4, 300), fill=colour)
+    return img
+
+
+@pytest.fixture(scope="session")
+def synthetic_catalog(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("catalog")
+    for i, (product, colour) in enumerate(PRODUCT_COLOURS.items()):
+        folder = root / product
+        folder.mkdir()
+        for v in range(1 + i % 3):
+            person_wearing(colour, v).save(folder / f"photo-{v}.jpg", quality=95)
+    (root / "2-blue-trousers-shop-222" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_index(tmp_path_factory, synthetic_catalog, tiny_embedder, bg_pipeline) -> Path:
+    from search.garments import LocalGarments
+    from search.index import build_index
+
+    out = tmp_path_factory.mktemp("index")
+    report = build_index(synthetic_catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False)
+    assert report.embedded == report.images == sum(1 + i % 3 for i in range(6))
+    assert any("notes.txt" in w for w in report.warnings)
+    return out
+
+
+@pytest.fixture(scope="session")
+def search_app(synthetic_index, tiny_embedder):
+    from search import create_app
+
+    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index)),
+                     embedder=tiny_embedder)
+    app.testing = True
+    return app
+
+
+@pytest.fixture
+def client(search_app):
+    return search_app.test_client()
 
 
 def free_port() -> int:

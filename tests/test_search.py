@@ -8,76 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image, ImageDraw
 
 from search.config import ClipSettings, SearchConfig
 from search.index import Index, IndexLoadError, build_index, pool
 from search.searcher import words
-from tests.conftest import REPO, shared_data, start_gunicorn, stop
-from tests import scenes
+from tests.conftest import PRODUCT_COLOURS, TINY, person_wearing, shared_data, start_gunicorn, stop
 
-TINY = dict(model="tiny-clip", pretrained="", extra_config_dir=str(REPO / "tests" / "clip_configs"))
-PRODUCT_COLOURS = {
-    "1-red-top-shop-111": scenes.UPPER,
-    "2-blue-trousers-shop-222": scenes.LOWER,
-    "3-yellow-dress-shop-333": scenes.FULL,
-    "4-dark-red-blouse-shop-444": (150, 20, 20),
-    "5-navy-skirt-shop-555": (20, 20, 150),
-    "6-orange-tunic-shop-666": (230, 120, 20),
-}
-
-
-@pytest.fixture(scope="session")
-def tiny_embedder():
-    from search.embedder import ClipEmbedder
-
-    return ClipEmbedder(ClipSettings(**TINY))
-
-
-def _person_wearing(colour, variant: int, size=(240, 320)) -> Image.Image:
-    img = Image.new("RGB", size, scenes.SCENERY)
-    d = ImageDraw.Draw(img)
-    d.rectangle((95, 20, 145, 70), fill=scenes.SKIN)
-    d.rectangle((60 + variant * 4, 70, 180 - variant * 4, 300), fill=colour)
-    return img
-
-
-@pytest.fixture(scope="session")
-def synthetic_catalog(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("catalog")
-    for i, (product, colour) in enumerate(PRODUCT_COLOURS.items()):
-        folder = root / product
-        folder.mkdir()
-        for v in range(1 + i % 3):
-            _person_wearing(colour, v).save(folder / f"photo-{v}.jpg", quality=95)
-    (root / "2-blue-trousers-shop-222" / "notes.txt").write_text("not an image")
-    return root
-
-
-@pytest.fixture(scope="session")
-def synthetic_index(tmp_path_factory, synthetic_catalog, tiny_embedder, bg_pipeline) -> Path:
-    from search.garments import LocalGarments
-
-    out = tmp_path_factory.mktemp("index")
-    report = build_index(synthetic_catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False)
-    assert report.embedded == report.images == sum(1 + i % 3 for i in range(6))
-    assert any("notes.txt" in w for w in report.warnings)
-    return out
-
-
-@pytest.fixture(scope="session")
-def search_app(synthetic_index, tiny_embedder):
-    from search import create_app
-
-    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index)),
-                     embedder=tiny_embedder)
-    app.testing = True
-    return app
-
-
-@pytest.fixture
-def client(search_app):
-    return search_app.test_client()
 
 
 # ------------------------------------------------------------------ maths and embedder
@@ -141,9 +77,9 @@ def test_update_reembeds_only_changed_images(synthetic_catalog, synthetic_index,
     shutil.copytree(synthetic_catalog, catalog)
     out = tmp_path / "idx"
     shutil.copytree(synthetic_index, out)
-    _person_wearing((200, 30, 90), 2).save(catalog / "1-red-top-shop-111" / "photo-0.jpg")  # changed
+    person_wearing((200, 30, 90), 2).save(catalog / "1-red-top-shop-111" / "photo-0.jpg")  # changed
     (catalog / "7-new-pink-top-777").mkdir()
-    _person_wearing((240, 40, 160), 0).save(catalog / "7-new-pink-top-777" / "a.png")  # new
+    person_wearing((240, 40, 160), 0).save(catalog / "7-new-pink-top-777" / "a.png")  # new
     report = build_index(catalog, out, tiny_embedder, LocalGarments(bg_pipeline), update=True, progress=False)
     assert report.embedded == 2 and report.reused == report.images - 2
     assert "7-new-pink-top-777" in Index.load(out).products

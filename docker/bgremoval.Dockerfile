@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     U2NET_HOME=/opt/models/u2net \
-    NUMBA_CACHE_DIR=/tmp/numba \
+    NUMBA_CACHE_DIR=/var/cache/numba \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
     ORT_THREADS=1 \
     GUNICORN_WORKERS=2 \
@@ -32,10 +32,13 @@ RUN set -eu; \
     else \
         python -m bgremoval.weights download; \
     fi; \
-    rm -rf /tmp/context; \
-    python -c "import rembg"  # compiles pymatting's numba code once, at build time
+    rm -rf /tmp/context
 
-RUN useradd --system --uid 10001 --no-create-home app && mkdir -p /tmp/numba && chown app /tmp/numba
+# rembg imports pymatting, whose numba functions are compiled and cached at build time; the
+# cache must stay writable for the non-root user or numba refuses to load it.
+RUN python -c "import rembg" \
+    && useradd --system --uid 10001 --no-create-home app \
+    && mkdir -p "$NUMBA_CACHE_DIR" && chown -R app "$NUMBA_CACHE_DIR"
 USER app
 EXPOSE 5000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -20,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CLIP_MODEL=${CLIP_MODEL} \
     CLIP_PRETRAINED=${CLIP_PRETRAINED} \
     HF_HUB_OFFLINE=1 \
-    NUMBA_CACHE_DIR=/tmp/numba \
+    NUMBA_CACHE_DIR=/var/cache/numba \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
     SEARCH_INDEX_DIR=/opt/index \
     SEARCH_CATALOG_DIR=/opt/catalog \
@@ -66,7 +66,11 @@ ENV CLIP_CONFIG_DIR=/opt/models/clip
 RUN python -m search.index build --catalog /opt/catalog --out /opt/index \
     && python -m search.index info --index /opt/index
 
-RUN useradd --system --uid 10001 --no-create-home app && mkdir -p /tmp/numba && chown app /tmp/numba
+# rembg imports pymatting, whose numba functions are compiled and cached at build time; the
+# cache must stay writable for the non-root user or numba refuses to load it.
+RUN python -c "import rembg" \
+    && useradd --system --uid 10001 --no-create-home app \
+    && mkdir -p "$NUMBA_CACHE_DIR" && chown -R app "$NUMBA_CACHE_DIR"
 USER app
 EXPOSE 5000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \

@@ -1,0 +1,207 @@
+"""Bounded load and soak test of both services under gunicorn on 127.0.0.1.
+
+    python bench/load.py [--requests 1000] [--clients 8] [--configs 2x2] [--service both]
+
+For each service and each gunicorn setting WORKERSxTHREADS it starts gunicorn on a free loopback
+port, sends --requests requests from --clients concurrent clients (stopping early at
+--max-seconds), and prints throughput, p50/p95/p99 latency, errors by status (goal: no 5xx) and
+worker RSS before/after (goal: growth < 10 %).
+
+  bg removal: uploads real catalog photos (../shared/data/catalog) or synthetic street photos,
+              oracle ONNX models with the real input sizes (320/768/1024)
+  search:     ViT-B-32 with random weights (real cost), index of the sample catalog,
+              mostly new queries (the cache rarely helps)
+Traffic goes only to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import requests  # noqa: E402
+
+from tests.conftest import free_port  # noqa: E402
+
+
+def worker_pids(master: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == master:
+                        pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return sorted(pids)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start(app: str, env: dict, workers: int, threads: int, timeout: float = 300):
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "docker" / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads), app],
+        cwd=REPO, env={**os.environ, **env, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    ready = 0
+    while time.monotonic() < deadline and ready < workers * 3:
+        try:  # every worker loads its own models: poll until several answers in a row are ready
+            ready = ready + 1 if requests.get(base + "/readyz", timeout=2).status_code == 200 else 0
+        except requests.RequestException:
+            ready = 0
+        time.sleep(0.3)
+    if proc.poll() is not None or ready < workers * 3:
+        log.seek(0)
+        raise RuntimeError(f"gunicorn did not get ready: {log.read().decode(errors='replace')[-2000:]}")
+    return proc, base
+
+
+def run_load(send, count: int, clients: int, max_seconds: float) -> tuple[list[float], Counter, float]:
+    latencies, statuses, lock = [], Counter(), threading.Lock()
+    issued = iter(range(count))
+    stop_at = time.monotonic() + max_seconds
+    local = threading.local()
+
+    def client_loop():
+        local.session = requests.Session()
+        while time.monotonic() < stop_at:
+            with lock:
+                i = next(issued, None)
+            if i is None:
+                return
+            started = time.perf_counter()
+            try:
+                status = send(local.session, i)
+            except requests.RequestException as exc:
+                status = type(exc).__name__
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+                statuses[status] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for _ in range(clients):
+            pool.submit(client_loop)
+    return latencies, statuses, time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] * 1000
+
+
+def report(name: str, setting: str, latencies, statuses, seconds, rss_before, rss_after) -> None:
+    errors_5xx = sum(n for s, n in statuses.items() if not isinstance(s, int) or s >= 500)
+    growth = (sum(rss_after) - sum(rss_before)) / max(sum(rss_before), 1) * 100
+    print(f"{name:<9} {setting:<5} {len(latencies):>5} req {len(latencies) / seconds:7.1f} req/s  "
+          f"p50 {pct(latencies, 50):7.1f} ms  p95 {pct(latencies, 95):7.1f} ms  p99 {pct(latencies, 99):7.1f} ms  "
+          f"statuses {dict(statuses)}  5xx {errors_5xx}  "
+          f"RSS MB {'+'.join(f'{r:.0f}' for r in rss_before)} -> {'+'.join(f'{r:.0f}' for r in rss_after)} "
+          f"({growth:+.1f} %)")
+
+
+def photos(catalog: Path) -> list[bytes]:
+    from tests import scenes
+
+    if catalog.is_dir():
+        files = sorted(catalog.glob("*/*.png"))[::4]
+        if files:
+            return [f.read_bytes() for f in files]
+    result = []
+    for size in ((600, 800), (480, 640), (900, 1200)):
+        buf = io.BytesIO()
+        scenes.street_photo(*size)[0].save(buf, "JPEG", quality=90)
+        result.append(buf.getvalue())
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--configs", default="2x2", help="comma-separated WORKERSxTHREADS")
+    parser.add_argument("--service", choices=("both", "bgremoval", "search"), default="both")
+    parser.add_argument("--max-seconds", type=float, default=600, help="per run; stops early after this")
+    parser.add_argument("--catalog", type=Path, default=REPO.parent / "shared" / "data" / "catalog")
+    parser.add_argument("--model", default="ViT-B-32")
+    args = parser.parse_args()
+    settings = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        from tests.oracle_models import write_oracle_models
+
+        weights = Path(tmp) / "u2net"
+        write_oracle_models(str(weights))
+        env = {"U2NET_HOME": str(weights), "ORT_THREADS": "1", "TORCH_THREADS": "1", "GUNICORN_LOG_LEVEL": "warning"}
+
+        if args.service in ("both", "bgremoval"):
+            bodies = photos(args.catalog)
+            for workers, threads in settings:
+                proc, base = start("bgremoval:create_app()", env, workers, threads)
+                try:
+                    pids = worker_pids(proc.pid)
+                    send = lambda s, i: s.post(base + "/", data=bodies[i % len(bodies)],
+                                               headers={"Content-Type": "image/png"}, timeout=60).status_code
+                    run_load(send, 2 * args.clients, args.clients, 60)  # warm-up
+                    before = [rss_mb(p) for p in pids]
+                    result = run_load(send, args.requests, args.clients, args.max_seconds)
+                    report("bgremoval", f"{workers}x{threads}", *result, before, [rss_mb(p) for p in pids])
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+
+        if args.service in ("both", "search"):
+            index_dir = Path(tmp) / "index"
+            env_search = {**env, "CLIP_MODEL": args.model, "CLIP_PRETRAINED": "", "SEARCH_INDEX_DIR": str(index_dir)}
+            build = subprocess.run(
+                [sys.executable, "-m", "search.index", "build", "--catalog", str(args.catalog), "--out", str(index_dir)],
+                cwd=REPO, env={**os.environ, **env_search, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+            if build.returncode:
+                print(f"search skipped: index build failed: {build.stderr[-1500:]}")
+                return 1
+            words = ["pastel", "coloured", "tunic", "floral", "black", "shirt", "crew", "neck", "cotton",
+                     "blue", "long", "sleeve", "printed", "maroon", "dress", "collar", "green", "striped"]
+            for workers, threads in settings:
+                proc, base = start("search:create_app()", env_search, workers, threads)
+                try:
+                    pids = worker_pids(proc.pid)
+
+                    def send(s, i):
+                        text = f"{words[i % 18]} {words[(i * 7) % 18]} {words[(i * 11) % 18]} {i}"
+                        return s.post(base + "/", json={"text": text, "n": 5}, timeout=60).status_code
+                    run_load(lambda s, i: send(s, i + 10**6), 4 * args.clients, args.clients, 60)  # warm-up
+                    before = [rss_mb(p) for p in pids]
+                    result = run_load(send, args.requests, args.clients, args.max_seconds)
+                    report("search", f"{workers}x{threads}", *result, before, [rss_mb(p) for p in pids])
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,6 +124,20 @@ def report(name: str, setting: str, latencies, statuses, seconds, rss_before, rs
           f"({growth:+.1f} %)")
 
 
+def measure(name: str, app: str, env: dict, workers: int, threads: int, send, args) -> None:
+    """Start gunicorn, warm it up (requests numbered apart from the measured ones), measure."""
+    proc, base = start(app, env, workers, threads)
+    try:
+        pids = worker_pids(proc.pid)
+        run_load(lambda s, i: send(base, s, i + 10**6), 4 * args.clients, args.clients, 120)
+        before = [rss_mb(p) for p in pids]
+        result = run_load(lambda s, i: send(base, s, i), args.requests, args.clients, args.max_seconds)
+        report(name, f"{workers}x{threads}", *result, before, [rss_mb(p) for p in pids])
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def photos(catalog: Path) -> list[bytes]:
     from tests import scenes
 
@@ -160,19 +174,12 @@ def main() -> int:
 
         if args.service in ("both", "bgremoval"):
             bodies = photos(args.catalog)
+
+            def send_photo(base, session, i):
+                return session.post(base + "/", data=bodies[i % len(bodies)],
+                                    headers={"Content-Type": "image/png"}, timeout=60).status_code
             for workers, threads in settings:
-                proc, base = start("bgremoval:create_app()", env, workers, threads)
-                try:
-                    pids = worker_pids(proc.pid)
-                    send = lambda s, i: s.post(base + "/", data=bodies[i % len(bodies)],
-                                               headers={"Content-Type": "image/png"}, timeout=60).status_code
-                    run_load(send, 2 * args.clients, args.clients, 60)  # warm-up
-                    before = [rss_mb(p) for p in pids]
-                    result = run_load(send, args.requests, args.clients, args.max_seconds)
-                    report("bgremoval", f"{workers}x{threads}", *result, before, [rss_mb(p) for p in pids])
-                finally:
-                    proc.terminate()
-                    proc.wait(30)
+                measure("bgremoval", "bgremoval:create_app()", env, workers, threads, send_photo, args)
 
         if args.service in ("both", "search"):
             index_dir = Path(tmp) / "index"
@@ -185,21 +192,12 @@ def main() -> int:
                 return 1
             words = ["pastel", "coloured", "tunic", "floral", "black", "shirt", "crew", "neck", "cotton",
                      "blue", "long", "sleeve", "printed", "maroon", "dress", "collar", "green", "striped"]
-            for workers, threads in settings:
-                proc, base = start("search:create_app()", env_search, workers, threads)
-                try:
-                    pids = worker_pids(proc.pid)
 
-                    def send(s, i):
-                        text = f"{words[i % 18]} {words[(i * 7) % 18]} {words[(i * 11) % 18]} {i}"
-                        return s.post(base + "/", json={"text": text, "n": 5}, timeout=60).status_code
-                    run_load(lambda s, i: send(s, i + 10**6), 4 * args.clients, args.clients, 60)  # warm-up
-                    before = [rss_mb(p) for p in pids]
-                    result = run_load(send, args.requests, args.clients, args.max_seconds)
-                    report("search", f"{workers}x{threads}", *result, before, [rss_mb(p) for p in pids])
-                finally:
-                    proc.terminate()
-                    proc.wait(30)
+            def send_query(base, session, i):
+                text = f"{words[i % 18]} {words[(i * 7) % 18]} {words[(i * 11) % 18]} {i}"
+                return session.post(base + "/", json={"text": text, "n": 5}, timeout=60).status_code
+            for workers, threads in settings:
+                measure("search", "search:create_app()", env_search, workers, threads, send_query, args)
     return 0
 
 

@@ -1,8 +1,6 @@
 """Background-removal service: keeps only the garment of a fashion photo."""
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
 from bgremoval.config import BgConfig
@@ -13,23 +11,18 @@ def create_app(config: BgConfig | None = None, *, models=None) -> Flask:
     from bgremoval.api import bp
     from bgremoval.openapi import OPENAPI
     from bgremoval.pipeline import GarmentPipeline
-    from shared.web import Readiness, install_common, load_in_background
+    from shared.web import create_service_app
 
     config = config or BgConfig.from_env()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    app = Flask(__name__)
-    app.config["BG"] = config
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    readiness = Readiness()
-    install_common(app, service="bgremoval", readiness=readiness, openapi=OPENAPI)
-    app.register_blueprint(bp)
 
-    def load() -> str:
+    def load(app: Flask) -> str:
         from bgremoval.models import load_models
 
         loaded = models if models is not None else load_models(config)
         app.extensions["bg_pipeline"] = GarmentPipeline(loaded, config.pipeline)
         return f"models: {loaded.person.name}, {loaded.cloth.name}, {loaded.product.name}"
 
-    load_in_background(readiness, load, synchronous=config.load_synchronously or models is not None)
-    return app
+    return create_service_app(
+        __name__, service="bgremoval", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,
+        settings=("BG", config), loader=load, synchronous=config.load_synchronously or models is not None,
+    )

@@ -1,8 +1,6 @@
 """Text search over precomputed, per-product pooled CLIP embeddings of garment-only photos."""
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
 from search.config import SearchConfig
@@ -14,18 +12,11 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
     from search.index import Index
     from search.openapi import OPENAPI
     from search.searcher import Searcher
-    from shared.web import Readiness, install_common, load_in_background
+    from shared.web import create_service_app
 
     config = config or SearchConfig.from_env()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    app = Flask(__name__)
-    app.config["SEARCH"] = config
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    readiness = Readiness()
-    install_common(app, service="search", readiness=readiness, openapi=OPENAPI)
-    app.register_blueprint(bp)
 
-    def load() -> str:
+    def load(app: Flask) -> str:
         from search.embedder import ClipEmbedder
 
         index = Index.load(config.index_dir)  # cheap checks first: a bad index fails fast
@@ -34,8 +25,10 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
         searcher = Searcher(index, model, name_weight=config.name_weight, cache_size=config.query_cache_size)
         app.extensions["searcher"] = searcher
         app.extensions["served_images"] = {(im["product"], im["file"]) for im in index.meta["images"]}
-        searcher.embed_query("warm up")  # first torch call is slow; pay it before ready
+        searcher.embed_query("warm up")  # the first torch call is slow; pay it before ready
         return f"{len(index.products)} products, {len(index.image_files)} images, {model.model_name}"
 
-    load_in_background(readiness, load, synchronous=config.load_synchronously or embedder is not None)
-    return app
+    return create_service_app(
+        __name__, service="search", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,
+        settings=("SEARCH", config), loader=load, synchronous=config.load_synchronously or embedder is not None,
+    )

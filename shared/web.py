@@ -194,6 +194,22 @@ def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: d
     app.register_blueprint(ops)
 
 
+def create_service_app(import_name: str, *, service: str, openapi: dict, blueprint: Blueprint,
+                       max_body_bytes: int, settings: tuple[str, Any], loader: Callable[[Flask], str],
+                       synchronous: bool) -> Flask:
+    """The app both services build: common plumbing, their blueprint, and models loaded by
+    `loader(app)` (returns the readiness detail) now or in a background thread."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app = Flask(import_name)
+    app.config[settings[0]] = settings[1]
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    readiness = Readiness()
+    install_common(app, service=service, readiness=readiness, openapi=openapi)
+    app.register_blueprint(blueprint)
+    load_in_background(readiness, lambda: loader(app), synchronous=synchronous)
+    return app
+
+
 def load_in_background(readiness: Readiness, loader: Callable[[], str], *, synchronous: bool) -> None:
     """Run `loader` (returns a readiness detail) now or in a thread, recording success or failure."""
     import threading

@@ -19,6 +19,7 @@ class ClipSettings:
     extra_config_dir: str | None = None  # more model configs (JSON) to register with open_clip
     seed: int = 0
     threads: int = 1
+    text_precision: str = "bf16"  # query text tower: bf16 (where the CPU has it natively) or fp32
 
     @classmethod
     def from_env(cls, env=os.environ) -> "ClipSettings":
@@ -29,6 +30,7 @@ class ClipSettings:
             extra_config_dir=env.get("CLIP_CONFIG_DIR") or None,
             seed=int(env.get("CLIP_SEED", cls.seed)),
             threads=int(env.get("TORCH_THREADS", cls.threads)),
+            text_precision=env.get("CLIP_TEXT_PRECISION", cls.text_precision).lower(),
         )
 
 

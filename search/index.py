@@ -34,6 +34,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 POOLINGS = ("max", "mean", "score-max")
 FILES = ("image_embeddings.npy", "product_embeddings.npy", "thumbs.npy", "meta.json")
 THUMB_SIDE = 16
+PROBE_MIN_COSINE = 0.999
 
 
 class IndexLoadError(Exception):
@@ -160,12 +161,19 @@ class Index:
     def check_compatible(self, identity: dict) -> None:
         """Refuse an index whose vectors came from other weights than the ones loaded now."""
         built = self.meta.get("embedder", {})
-        for key in ("model", "pretrained", "probe"):
+        for key in ("model", "pretrained", "seed"):
             if built.get(key) != identity.get(key):
                 raise IndexLoadError(
                     f"index was built with {key}={built.get(key)!r} but the service runs "
                     f"{key}={identity.get(key)!r}; rebuild the index or fix CLIP_MODEL/CLIP_PRETRAINED"
                 )
+        old, new = np.asarray(built.get("probe") or [], np.float32), np.asarray(identity["probe"], np.float32)
+        # Same names, other weights (a retrained file, another seed): the probe text's embedding
+        # moves. Compared by cosine so float noise between CPUs does not matter.
+        if old.shape != new.shape or float(old @ new) < PROBE_MIN_COSINE:
+            raise IndexLoadError(
+                "index was built with different weights (probe embedding differs); rebuild the index"
+            )
 
     def visual_scores(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cosine score per product and the row of each product's best-matching image."""

@@ -55,11 +55,20 @@ def test_score_max_pooling_scores_the_best_image(synthetic_index, tmp_path, tiny
 
 def test_truncated_text_encoding_equals_the_full_77_token_one(tiny_embedder):
     texts = ["pastel coloured tunic", "a", "red", "very " * 30 + "long query", "🧥 ceket dress платье"]
-    fast = tiny_embedder.encode_texts(texts)
+    fp32 = tiny_embedder.fp32_text
+    fast = tiny_embedder.encode_texts(texts, tower=fp32)
     full = tiny_embedder.encode_texts_full(texts)
     assert np.abs(fast - full).max() <= 1e-4
     for text in texts[:3]:  # alone, each is truncated to its own length
-        assert np.abs(tiny_embedder.encode_texts([text]) - tiny_embedder.encode_texts_full([text])).max() <= 1e-4
+        alone = tiny_embedder.encode_texts([text], tower=fp32)
+        assert np.abs(alone - tiny_embedder.encode_texts_full([text])).max() <= 1e-4
+
+
+def test_query_precision_stays_close_to_fp32(tiny_embedder):
+    texts = ["pastel coloured tunic", "black shirt with a point collar", "🧥 ceket"]
+    served = tiny_embedder.encode_texts(texts)
+    reference = tiny_embedder.encode_texts_full(texts)
+    assert (served * reference).sum(axis=1).min() >= 0.999
 
 
 def test_name_words_drop_ids_and_prefixes():
@@ -89,8 +98,11 @@ def test_mismatched_model_is_refused(synthetic_index):
     from search.embedder import ClipEmbedder
 
     other = ClipEmbedder(ClipSettings(**{**TINY, "seed": 1}))
-    with pytest.raises(IndexLoadError, match="probe"):
+    with pytest.raises(IndexLoadError, match="seed"):
         Index.load(synthetic_index).check_compatible(other.identity)
+    same_names = {**other.identity, "seed": 0}  # other weights behind the same names
+    with pytest.raises(IndexLoadError, match="probe"):
+        Index.load(synthetic_index).check_compatible(same_names)
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "shape", "version"])

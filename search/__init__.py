@@ -20,7 +20,7 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
         from search.embedder import ClipEmbedder
 
         index = Index.load(config.index_dir)  # cheap checks first: a bad index fails fast
-        model = embedder if embedder is not None else ClipEmbedder(config.clip)
+        model = embedder if embedder is not None else ClipEmbedder(config.clip, text_only=True)
         index.check_compatible(model.identity)
         searcher = Searcher(index, model, name_weight=config.name_weight, cache_size=config.query_cache_size)
         app.extensions["searcher"] = searcher

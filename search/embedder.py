@@ -91,7 +91,8 @@ class TextTower:
 
 
 class ClipEmbedder:
-    def __init__(self, settings: ClipSettings):
+    def __init__(self, settings: ClipSettings, *, text_only: bool = False):
+        """`text_only` (the search service) frees the image tower once loaded: queries never use it."""
         import open_clip
 
         register_model_configs(settings.extra_config_dir)
@@ -121,6 +122,8 @@ class ClipEmbedder:
             else:
                 log.info("this CPU has no native bf16: text queries run in fp32")
         self._identity = None
+        if text_only:
+            self.model.visual = None
 
     @property
     def text_precision(self) -> str:
@@ -142,6 +145,8 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if self.model.visual is None:
+            raise RuntimeError("this embedder was loaded text-only")
         batch = torch.stack([self.preprocess(im) for im in images])
         features = self.model.encode_image(batch)
         return torch.nn.functional.normalize(features, dim=-1).numpy().astype(np.float32)

@@ -4,12 +4,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from shared.env import env_flag
 from shared.fetch import FetchPolicy
 from shared.images import DEFAULT_MAX_PIXELS
-
-
-def _flag(env, name: str, default: bool = False) -> bool:
-    return env.get(name, "1" if default else "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -31,7 +28,7 @@ class PipelineSettings:
             min_garment_fraction=float(env.get("BG_MIN_GARMENT_FRACTION", cls.min_garment_fraction)),
             person_dilation=float(env.get("BG_PERSON_DILATION", cls.person_dilation)),
             working_max_side=int(env.get("BG_WORKING_MAX_SIDE", cls.working_max_side)),
-            keep_main_person=_flag(env, "BG_KEEP_MAIN_PERSON", cls.keep_main_person),
+            keep_main_person=env_flag(env, "BG_KEEP_MAIN_PERSON", cls.keep_main_person),
         )
 
 
@@ -70,10 +67,10 @@ class BgConfig:
             pipeline=PipelineSettings.from_env(env),
             weights_dir=env.get("U2NET_HOME") or None,
             ort_threads=int(env.get("ORT_THREADS", cls.ort_threads)),
-            allow_download=_flag(env, "BG_ALLOW_DOWNLOAD"),
+            allow_download=env_flag(env, "BG_ALLOW_DOWNLOAD"),
             jpeg_quality=int(env.get("BG_JPEG_QUALITY", cls.jpeg_quality)),
             max_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_pixels)),
             max_body_bytes=int(env.get("MAX_BODY_BYTES", cls.max_body_bytes)),
-            load_synchronously=_flag(env, "LOAD_SYNCHRONOUSLY"),
+            load_synchronously=env_flag(env, "LOAD_SYNCHRONOUSLY"),
             fetch=FetchPolicy.from_env(env),
         )

@@ -4,9 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-
-def _flag(env, name: str, default: bool = False) -> bool:
-    return env.get(name, "1" if default else "0").strip().lower() in ("1", "true", "yes", "on")
+from shared.env import env_flag
 
 
 @dataclass(frozen=True)
@@ -55,5 +53,5 @@ class SearchConfig:
             name_weight=float(env.get("SEARCH_NAME_WEIGHT", cls.name_weight)),
             query_cache_size=int(env.get("QUERY_CACHE_SIZE", cls.query_cache_size)),
             max_body_bytes=int(env.get("SEARCH_MAX_BODY_BYTES", cls.max_body_bytes)),
-            load_synchronously=_flag(env, "LOAD_SYNCHRONOUSLY"),
+            load_synchronously=env_flag(env, "LOAD_SYNCHRONOUSLY"),
         )

@@ -132,7 +132,10 @@ def measure(name: str, app: str, env: dict, workers: int, threads: int, send, ar
         run_load(lambda s, i: send(base, s, i + 10**6), 4 * args.clients, args.clients, 120)
         before = [rss_mb(p) for p in pids]
         result = run_load(lambda s, i: send(base, s, i), args.requests, args.clients, args.max_seconds)
-        report(name, f"{workers}x{threads}", *result, before, [rss_mb(p) for p in pids])
+        after_pids = worker_pids(proc.pid)
+        if after_pids != pids:
+            print(f"note: {name} workers were recycled during the run (GUNICORN_MAX_REQUESTS); RSS compares different processes")
+        report(name, f"{workers}x{threads}", *result, before, [rss_mb(p) for p in after_pids])
     finally:
         proc.terminate()
         proc.wait(30)
@@ -162,6 +165,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=600, help="per run; stops early after this")
     parser.add_argument("--catalog", type=Path, default=REPO.parent / "shared" / "data" / "catalog")
     parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--max-requests", type=int, default=0, help="gunicorn max_requests (0 = never recycle)")
     args = parser.parse_args()
     settings = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
 
@@ -170,7 +174,9 @@ def main() -> int:
 
         weights = Path(tmp) / "u2net"
         write_oracle_models(str(weights))
-        env = {"U2NET_HOME": str(weights), "ORT_THREADS": "1", "TORCH_THREADS": "1", "GUNICORN_LOG_LEVEL": "warning"}
+        # Worker recycling is off while measuring, so RSS growth (a leak) is visible, not reset.
+        env = {"U2NET_HOME": str(weights), "ORT_THREADS": "1", "TORCH_THREADS": "1", "GUNICORN_LOG_LEVEL": "warning",
+               "GUNICORN_MAX_REQUESTS": str(args.max_requests)}
 
         if args.service in ("both", "bgremoval"):
             bodies = photos(args.catalog)

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 from PIL import Image
 
-from shared.errors import ProblemError
+from shared.errors import problem_for_status
 from shared.images import DecodedImage, flatten_onto_black
 
 log = logging.getLogger("fashion.index")
@@ -70,9 +70,11 @@ class RemoteGarments:
         response = self.session.post(self.url, params={"format": "png"}, data=buf.getvalue(),
                                      headers={"Content-Type": "image/png"}, timeout=self.timeout)
         if response.status_code != 200:
-            error = ProblemError(response.json().get("detail", response.text[:200]))
-            error.status = response.status_code
-            raise error
+            try:
+                detail = response.json().get("detail", "")
+            except ValueError:
+                detail = response.text[:200]
+            raise problem_for_status(response.status_code, f"bg-removal service: {detail}")
         cutout = Image.open(io.BytesIO(response.content))
         mask = np.asarray(cutout.getchannel("A"), dtype=np.float32) / 255.0
         return crop_to_mask(cutout.convert("RGB"), mask)

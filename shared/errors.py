@@ -59,3 +59,13 @@ class NotReady(ProblemError):
 
 class UpstreamTimeout(ProblemError):
     status, title, slug = 504, "Upstream timed out", "upstream-timeout"
+
+
+def problem_for_status(status: int, detail: str) -> ProblemError:
+    """The ProblemError for an HTTP status another service answered with."""
+    for cls in ProblemError.__subclasses__():
+        if cls.status == status:
+            return cls(detail)
+    error = ProblemError(detail)
+    error.status = status
+    return error

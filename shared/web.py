@@ -27,9 +27,7 @@ PROBLEM_MIMETYPE = "application/problem+json"
 
 
 def problem_response(status: int, title: str, detail: str, **extra: Any) -> Response:
-    body = {"type": "about:blank" if not extra.get("type") else extra.pop("type"),
-            "title": title, "status": status, "detail": detail}
-    body.update(extra)
+    body = {"type": extra.pop("type", "about:blank"), "title": title, "status": status, "detail": detail, **extra}
     if getattr(g, "request_id", None):
         body["request_id"] = g.request_id
     return Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)

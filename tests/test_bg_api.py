@@ -123,7 +123,7 @@ def test_missing_weights_fail_readiness_with_a_clear_message(tmp_path, monkeypat
     assert response.status_code == 503 and response.mimetype == "application/problem+json"
 
 
-def test_through_real_gunicorn(oracle_weights, street_url):
+def test_through_real_gunicorn(oracle_weights, street_url, synthetic_catalog, tiny_embedder, tmp_path):
     proc, base = start_gunicorn("bgremoval:create_app()", {
         "U2NET_HOME": str(oracle_weights), "FETCH_ALLOW_HOSTS": "127.0.0.1",
         "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "2",
@@ -136,6 +136,15 @@ def test_through_real_gunicorn(oracle_weights, street_url):
         refused = requests.post(base + "/", json={"url": "http://10.0.0.1/x.jpg"}, timeout=30)
         assert refused.status_code == 400 and refused.json()["field"] == "url"
         assert requests.post(base + "/", json={"url": street_url}, timeout=30).status_code == 200
+
+        # The indexer can use this service instead of the in-process pipeline (--bg-url).
+        from search.garments import RemoteGarments
+        from search.index import Index, build_index
+
+        report = build_index(synthetic_catalog, tmp_path / "idx", tiny_embedder, RemoteGarments(base + "/"),
+                             progress=False)
+        assert report.embedded == report.images and not report.skipped
+        assert Index.load(tmp_path / "idx").meta["garment_pipeline"].startswith("bg-removal service at")
     finally:
         stop(proc)
 

@@ -73,3 +73,12 @@ def test_index_info(synthetic_index):
     result = subprocess.run([sys.executable, "-m", "search.index", "info", "--index", str(synthetic_index)],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and '"products": 6' in result.stdout
+
+
+def test_problem_for_status_maps_remote_errors():
+    from shared.errors import ProblemError, Unprocessable, UpstreamTimeout, problem_for_status
+
+    assert isinstance(problem_for_status(422, "no garment"), Unprocessable)
+    assert isinstance(problem_for_status(504, "slow"), UpstreamTimeout)
+    odd = problem_for_status(418, "teapot")
+    assert isinstance(odd, ProblemError) and odd.status == 418 and odd.detail == "teapot"

@@ -73,6 +73,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         ) from None
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"The image has too many pixels: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - malformed headers raise all sorts; untrusted input
+        raise Unprocessable(f"The image header could not be read: {type(exc).__name__}") from None
     source_format = im.format or ""
     if source_format not in ACCEPTED_FORMATS:
         raise UnsupportedMediaType(f"Image format {source_format!r} is not accepted.")
@@ -90,7 +92,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         im.load()
         im = ImageOps.exif_transpose(im)
         rgb, alpha = _to_8bit_rgb_and_alpha(im)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"The image has too many pixels: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on corrupt data
         raise Unprocessable(f"The image could not be decoded (truncated or corrupt): {exc}") from None
     return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
 

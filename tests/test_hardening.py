@@ -290,3 +290,35 @@ def test_unexpected_errors_are_500_problems_without_internals(bg_app, monkeypatc
     response = bg_app.test_client().post("/", data=_good_photo(), content_type="image/png")
     _assert_problem(response, 500)
     assert "secret" not in response.get_data(as_text=True) and response.json["request_id"]
+
+
+def test_mutated_images_only_ever_raise_problem_errors():
+    """A small seeded fuzz of the decoder: corrupt bytes give a 4xx problem, never a crash."""
+    import random
+    import warnings
+
+    from shared.errors import ProblemError
+    from shared.images import decode_image
+
+    rng = random.Random(1)
+    photo = scenes.street_photo(120, 160)[0]
+    seeds = [_encode(photo, fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")]
+    for _ in range(1000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(data))
+            roll = rng.random()
+            if roll < 0.6:
+                data[pos] = rng.randrange(256)
+            elif roll < 0.8:
+                del data[pos:pos + rng.randint(1, 64)]
+            else:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                decoded = decode_image(bytes(data))
+            except ProblemError as exc:
+                assert 400 <= exc.status < 500
+                continue
+        assert decoded.rgb.mode == "RGB" and min(decoded.size) >= 8

@@ -20,6 +20,8 @@ def _parse(body: dict) -> tuple[str, int]:
     if not isinstance(text, str) or not text.strip():
         raise BadRequest("text must be a non-empty string.", field="text")
     n = body.get("n", 5)
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)  # 5.0 is an integer in JSON; 5.5 is not
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise BadRequest(f"n must be an integer from 1 to {MAX_N}.", field="n")
     return text, n

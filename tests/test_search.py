@@ -169,6 +169,10 @@ def test_n_defaults_to_5_and_is_capped_by_the_product_count(client):
     assert len({r["product_name"] for r in everything}) == len(PRODUCT_COLOURS)
 
 
+def test_integral_float_n_is_an_integer(client):
+    assert len(client.post("/", json={"text": "dress", "n": 3.0}).json) == 3
+
+
 def test_name_words_lift_matching_products(client):
     results = client.post("/", json={"text": "yellow dress", "n": 3}).json
     assert results[0]["product_name"] == "3-yellow-dress-shop-333"

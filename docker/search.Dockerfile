@@ -11,6 +11,8 @@ ARG CLIP_SOURCE=download
 ARG CATALOG_SOURCE=download
 ARG CLIP_MODEL=ViT-B-32
 ARG CLIP_PRETRAINED=laion2b_s34b_b79k
+# Optional: sha256 the downloaded CLIP weights file must have (printed by the first build).
+ARG CLIP_WEIGHTS_SHA256=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -53,7 +55,7 @@ RUN set -eu; \
     if [ "$CLIP_SOURCE" = context ]; then \
         mkdir -p /opt/models/clip && cp -r /tmp/context/clip/. /opt/models/clip/; \
     else \
-        HF_HUB_OFFLINE=0 python -m search.weights download; \
+        HF_HUB_OFFLINE=0 CLIP_WEIGHTS_SHA256="$CLIP_WEIGHTS_SHA256" python -m search.weights download; \
     fi; \
     if [ "$CATALOG_SOURCE" = context ]; then \
         python sample/fetch_catalog.py --from /tmp/context/catalog --out /opt/catalog; \

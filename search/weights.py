@@ -1,6 +1,9 @@
 """Fetch the configured CLIP weights with open_clip's own download code (into CLIP_CACHE_DIR).
 
     python -m search.weights download   # needs internet; the Docker build runs it
+
+Prints the sha256 of every weights file fetched. With CLIP_WEIGHTS_SHA256 set (the Docker build
+arg of the same name), the download fails unless one of them has that digest.
 """
 from __future__ import annotations
 
@@ -25,9 +28,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ClipEmbedder(settings)  # create_model_and_transforms(pretrained=...) downloads and loads
     cache = Path(settings.cache_dir or os.path.expanduser("~/.cache"))
+    digests = set()
     for path in sorted(p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digests.add(digest)
         print(f"{path}: {path.stat().st_size:,} bytes, sha256 {digest}")
+    expected = os.environ.get("CLIP_WEIGHTS_SHA256", "").strip().lower()
+    if expected and expected not in digests:
+        print(f"no downloaded weights file has the expected sha256 {expected}", file=sys.stderr)
+        return 1
     return 0
 
 

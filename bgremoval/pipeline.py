@@ -66,7 +66,7 @@ def keep_main_component(mask: np.ndarray) -> np.ndarray:
     main_label = int(index[np.argmax(scores)])
     box = ndimage.find_objects(labels)[main_label - 1]
     keep = [main_label]
-    for label, area in zip(index, areas):
+    for label, area in zip(index, areas, strict=True):
         if label == main_label:
             continue
         inside = ndimage.sum_labels(mask[box], labels[box], label)

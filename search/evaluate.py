@@ -48,7 +48,7 @@ def metrics(ranked: list[str], relevant: set[str]) -> dict[str, float]:
 
 
 def repooled(index: Index, method: str) -> Index:
-    rows = [index.image_embeddings[s:s + p["count"]] for s, p in zip(index.starts, index.meta["products"])]
+    rows = [index.image_embeddings[s:s + p["count"]] for s, p in zip(index.starts, index.meta["products"], strict=True)]
     products = np.stack([pool(r, method) for r in rows])
     return Index(index.directory, {**index.meta, "pooling": method}, index.image_embeddings, products, index.thumbs)
 

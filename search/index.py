@@ -180,7 +180,7 @@ class Index:
         per_image = self.image_embeddings @ query
         best_score = np.maximum.reduceat(per_image, self.starts)
         counts = np.diff(np.append(self.starts, len(per_image)))
-        best_row = np.array([s + int(np.argmax(per_image[s:s + c])) for s, c in zip(self.starts, counts)])
+        best_row = np.array([s + int(np.argmax(per_image[s:s + c])) for s, c in zip(self.starts, counts, strict=True)])
         if self.pooling == "score-max":
             return best_score, best_row
         return self.product_embeddings @ query, best_row
@@ -251,7 +251,7 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
                 report.skipped.append(f"{im.relpath}: {exc.detail}")
             bar.update(1)
         if batch:
-            for im, vector, cutout in zip(batch, embedder.encode_images(cutouts), cutouts):
+            for im, vector, cutout in zip(batch, embedder.encode_images(cutouts), cutouts, strict=True):
                 vectors[im.relpath], thumbs[im.relpath] = vector, thumbnail(cutout)
                 report.embedded += 1
     bar.close()

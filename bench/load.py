@@ -165,6 +165,8 @@ def main() -> int:
     parser.add_argument("--catalog", type=Path, default=REPO.parent / "shared" / "data" / "catalog")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--max-requests", type=int, default=0, help="gunicorn max_requests (0 = never recycle)")
+    parser.add_argument("--oracle-scale", type=int, default=0,
+                        help="extra full-resolution conv layers in the test models, to add inference cost")
     args = parser.parse_args()
     settings = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
 
@@ -172,7 +174,7 @@ def main() -> int:
         from tests.oracle_models import write_oracle_models
 
         weights = Path(tmp) / "u2net"
-        write_oracle_models(str(weights))
+        write_oracle_models(str(weights), extra_layers=args.oracle_scale)
         # Worker recycling is off while measuring, so RSS growth (a leak) is visible, not reset.
         env = {"U2NET_HOME": str(weights), "ORT_THREADS": "1", "TORCH_THREADS": "1", "GUNICORN_LOG_LEVEL": "warning",
                "GUNICORN_MAX_REQUESTS": str(args.max_requests)}

@@ -176,14 +176,17 @@ class Index:
             )
 
     def visual_scores(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine score per product and the row of each product's best-matching image."""
+        """Cosine score per product, and per image (for `best_image`)."""
         per_image = self.image_embeddings @ query
-        best_score = np.maximum.reduceat(per_image, self.starts)
-        counts = np.diff(np.append(self.starts, len(per_image)))
-        best_row = np.array([s + int(np.argmax(per_image[s:s + c])) for s, c in zip(self.starts, counts, strict=True)])
         if self.pooling == "score-max":
-            return best_score, best_row
-        return self.product_embeddings @ query, best_row
+            return np.maximum.reduceat(per_image, self.starts), per_image
+        return self.product_embeddings @ query, per_image
+
+    def best_image(self, product: int, per_image: np.ndarray) -> int:
+        """Row of the product's image that matches the query best (only asked for the top n)."""
+        start = int(self.starts[product])
+        count = self.meta["products"][product]["count"]
+        return start + int(np.argmax(per_image[start:start + count]))
 
 
 # --------------------------------------------------------------------------- building

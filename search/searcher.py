@@ -70,12 +70,12 @@ class Searcher:
         return np.array([len(query & name) / len(query) for name in self._product_words], np.float32)
 
     def search(self, text: str, n: int) -> list[Result]:
-        visual, best_row = self.index.visual_scores(self.embed_query(text))
+        visual, per_image = self.index.visual_scores(self.embed_query(text))
         scores = visual
         if self.name_weight:
             scores = (1.0 - self.name_weight) * visual + self.name_weight * self.name_scores(text)
         count = min(n, len(scores))
         top = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(len(scores))
         top = top[np.lexsort((top, -scores[top]))]  # score descending, ties by catalog order
-        return [Result(self.index.products[i], self.index.image_files[best_row[i]], float(scores[i]))
-                for i in top]
+        return [Result(self.index.products[i], self.index.image_files[self.index.best_image(i, per_image)],
+                       float(scores[i])) for i in top]

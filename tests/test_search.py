@@ -44,12 +44,12 @@ def test_score_max_pooling_scores_the_best_image(synthetic_index, tmp_path, tiny
     (target / "meta.json").write_text(json.dumps(meta))
     index = Index.load(target)
     q = tiny_embedder.encode_texts(["red top"])[0]
-    scores, best = index.visual_scores(q)
-    per_image = index.image_embeddings @ q
+    scores, per_image = index.visual_scores(q)
+    by_hand = index.image_embeddings @ q
     for p, start in enumerate(index.starts):
         count = index.meta["products"][p]["count"]
-        assert scores[p] == pytest.approx(per_image[start:start + count].max(), abs=1e-6)
-        assert best[p] == start + int(np.argmax(per_image[start:start + count]))
+        assert scores[p] == pytest.approx(by_hand[start:start + count].max(), abs=1e-6)
+        assert index.best_image(p, per_image) == start + int(np.argmax(by_hand[start:start + count]))
 
 
 def test_truncated_text_encoding_equals_the_full_77_token_one(tiny_embedder):

@@ -92,10 +92,7 @@ def remove_background() -> Response:
     decoded = decode_image(data, max_pixels=config.max_pixels)
     stage_timings()["decode"] = time.perf_counter() - start
 
-    # Already-matted photos: transparent parts are background and must stay out of the mask.
-    picture, result = pipeline.remove_background(
-        decoded.rgb, options.classes, options.background, known_foreground=decoded.alpha
-    )
+    picture, result = pipeline.cut_out(decoded, options.classes, options.background)
     stage_timings().update(result.timings)
 
     start = time.perf_counter()

@@ -18,6 +18,7 @@ from scipy import ndimage
 from bgremoval.config import PipelineSettings
 from bgremoval.models import CLOTH_CLASSES, Models
 from shared.errors import Unprocessable
+from shared.images import DecodedImage, flatten_onto_black
 
 GARMENT_CLASSES = ("upper", "lower", "full")
 
@@ -181,6 +182,19 @@ class GarmentPipeline:
         picture = composite(img, result.mask, background)
         result.timings["composite"] = time.perf_counter() - start
         return picture, result
+
+
+    def cut_out(
+        self,
+        decoded: DecodedImage,
+        classes: tuple[str, ...] = GARMENT_CLASSES,
+        background: tuple[int, int, int] = (0, 0, 0),
+    ) -> tuple[Image.Image, GarmentMask]:
+        """remove_background for a decoded upload. An already-matted photo is flattened onto
+        black and its alpha narrows the mask; it still goes through the garment step, because
+        catalog cut-outs keep faces, hair and hands."""
+        return self.remove_background(flatten_onto_black(decoded), classes, background,
+                                      known_foreground=decoded.alpha)
 
 
 def composite(img: Image.Image, mask: np.ndarray, background: tuple[int, int, int]) -> Image.Image:

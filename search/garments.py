@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import problem_for_status
-from shared.images import DecodedImage, flatten_onto_black
+from shared.images import DecodedImage
 
 log = logging.getLogger("fashion.index")
 CROP_MARGIN = 0.05  # of the garment box, so CLIP sees the whole garment, big
@@ -42,10 +42,7 @@ class LocalGarments:
 
     def garment(self, decoded: DecodedImage) -> Image.Image:
         """The garment on black, cropped to it. Raises ProblemError when there is none."""
-        # Matted catalog photos: transparent parts are black, and still go through the
-        # garment-only step so faces, hair, hands and props are removed.
-        flat = flatten_onto_black(decoded)
-        picture, result = self.pipeline.remove_background(flat, known_foreground=decoded.alpha)
+        picture, result = self.pipeline.cut_out(decoded)
         return crop_to_mask(picture, result.mask)
 
 
@@ -61,9 +58,8 @@ class RemoteGarments:
         self.description = f"bg-removal service at {url}"
 
     def garment(self, decoded: DecodedImage) -> Image.Image:
-        buf = io.BytesIO()
-        flat = flatten_onto_black(decoded)
-        rgba = flat.convert("RGBA")
+        buf = io.BytesIO()  # the service flattens matted input itself (GarmentPipeline.cut_out)
+        rgba = decoded.rgb.convert("RGBA")
         if decoded.alpha is not None:
             rgba.putalpha(Image.fromarray(decoded.alpha, "L"))
         rgba.save(buf, "PNG")

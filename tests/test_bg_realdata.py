@@ -17,7 +17,7 @@ def _run_over(pipeline, paths: list[Path]) -> tuple[int, int]:
     for path in paths:
         decoded = decode_image(path.read_bytes())
         try:
-            out, result = pipeline.remove_background(decoded.rgb, known_foreground=decoded.alpha)
+            out, result = pipeline.cut_out(decoded)
         except NoGarmentFound:
             refused += 1
             continue

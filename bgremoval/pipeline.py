@@ -105,10 +105,12 @@ class GarmentPipeline:
         """Boolean person matte at `img`'s size, every person in it (before keeping the main one)."""
         return self._matte(self.models.person, img) > self.settings.person_threshold
 
-    def class_probabilities(self, img: Image.Image) -> dict[str, np.ndarray]:
-        logits = self.models.cloth.run(img)[0]
-        probs = softmax(logits, axis=0)
-        return {name: resize_plane(probs[i], img.size) for i, name in enumerate(CLOTH_CLASSES)}
+    def garment_probability(self, img: Image.Image, classes: tuple[str, ...]) -> np.ndarray:
+        """Summed probability of `classes` at `img`'s size. Summed at the model's resolution and
+        resized once: bilinear resizing is linear, so this equals resizing each class first."""
+        probs = softmax(self.models.cloth.run(img)[0], axis=0)
+        selected = sum(probs[CLOTH_CLASSES.index(name)] for name in classes)
+        return resize_plane(selected, img.size)
 
     def garment_mask(
         self,
@@ -145,9 +147,7 @@ class GarmentPipeline:
             timings["main_person"] = time.perf_counter() - start
 
             start = time.perf_counter()
-            probs = self.class_probabilities(work)
-            selected = sum(probs[name] for name in classes)
-            mask = (selected > s.garment_threshold) & allowed
+            mask = (self.garment_probability(work, classes) > s.garment_threshold) & allowed
             timings["cloth_seg"] = time.perf_counter() - start
             source = "garment"
             if mask.sum() < s.min_garment_fraction * area:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from search.config import SearchConfig
-from search.index import POOLINGS, Index, build_index, pool, print_report
+from search.index import POOLINGS, Index, build_index, pool_products, print_report
 from search.searcher import Searcher
 
 NAME_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0)
@@ -48,8 +48,8 @@ def metrics(ranked: list[str], relevant: set[str]) -> dict[str, float]:
 
 
 def repooled(index: Index, method: str) -> Index:
-    rows = [index.image_embeddings[s:s + p["count"]] for s, p in zip(index.starts, index.meta["products"], strict=True)]
-    products = np.stack([pool(r, method) for r in rows])
+    counts = [p["count"] for p in index.meta["products"]]
+    products = pool_products(index.image_embeddings, counts, method)
     return Index(index.directory, {**index.meta, "pooling": method}, index.image_embeddings, products, index.thumbs)
 
 

@@ -99,6 +99,17 @@ def pool(embeddings: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"pooling must be one of {POOLINGS}")
 
 
+def group_starts(counts) -> np.ndarray:
+    """First row of each product, for image rows grouped by product with these counts."""
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+def pool_products(image_matrix: np.ndarray, counts: list[int], method: str) -> np.ndarray:
+    """One pooled row per product; `image_matrix` rows are grouped by product, `counts` long."""
+    starts = group_starts(counts)
+    return np.stack([pool(image_matrix[s:s + c], method) for s, c in zip(starts, counts, strict=True)])
+
+
 def thumbnail(picture: Image.Image) -> np.ndarray:
     """A 16x16 grey, mean-centred, normalised fingerprint: near-duplicate photos score ~1."""
     grey = np.asarray(picture.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR), np.float32)
@@ -120,8 +131,7 @@ class Index:
     def __post_init__(self) -> None:
         self.products = [p["name"] for p in self.meta["products"]]
         self.image_files = [im["file"] for im in self.meta["images"]]
-        counts = np.array([p["count"] for p in self.meta["products"]], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.starts = group_starts([p["count"] for p in self.meta["products"]])
 
     @property
     def pooling(self) -> str:
@@ -272,10 +282,7 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
 
     image_matrix = np.stack([vectors[im.relpath] for im in kept]).astype(np.float32)
     thumb_matrix = np.stack([thumbs[im.relpath] for im in kept]).astype(np.float32)
-    rows, product_matrix = 0, []
-    for product in products:
-        product_matrix.append(pool(image_matrix[rows:rows + product["count"]], pooling))
-        rows += product["count"]
+    product_matrix = pool_products(image_matrix, [p["count"] for p in products], pooling)
     meta = {
         "format_version": FORMAT_VERSION,
         "embedder": identity,
@@ -289,7 +296,7 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         "images": [{"product": im.product, "file": im.file, "sha256": im.sha256} for im in kept],
         "skipped": report.skipped,
     }
-    _write(out, image_matrix, np.stack(product_matrix), thumb_matrix, meta)
+    _write(out, image_matrix, product_matrix, thumb_matrix, meta)
     index = Index.load(out)
     # Random weights embed every image alike: only the pixel fingerprints can tell then.
     report.duplicates = find_duplicates(index, dup_threshold if identity.get("pretrained") else None)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
 
+from bench.search_latency import percentile  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 
@@ -109,8 +110,7 @@ def run_load(send, count: int, clients: int, max_seconds: float) -> tuple[list[f
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] * 1000
+    return percentile(values, q) * 1000
 
 
 def report(name: str, setting: str, latencies, statuses, seconds, rss_before, rss_after) -> None:

@@ -24,5 +24,5 @@ def create_app(config: BgConfig | None = None, *, models=None) -> Flask:
 
     return create_service_app(
         __name__, service="bgremoval", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,
-        settings=("BG", config), loader=load, synchronous=config.load_synchronously or models is not None,
+        settings=("BG", config), loader=load,
     )

@@ -57,7 +57,6 @@ class BgConfig:
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_body_bytes: int = 20 * 1024 * 1024
-    load_synchronously: bool = False
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
 
     @classmethod
@@ -71,6 +70,5 @@ class BgConfig:
             jpeg_quality=int(env.get("BG_JPEG_QUALITY", cls.jpeg_quality)),
             max_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_pixels)),
             max_body_bytes=int(env.get("MAX_BODY_BYTES", cls.max_body_bytes)),
-            load_synchronously=env_flag(env, "LOAD_SYNCHRONOUSLY"),
             fetch=FetchPolicy.from_env(env),
         )

@@ -30,5 +30,5 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
 
     return create_service_app(
         __name__, service="search", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,
-        settings=("SEARCH", config), loader=load, synchronous=config.load_synchronously or embedder is not None,
+        settings=("SEARCH", config), loader=load,
     )

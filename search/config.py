@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from shared.env import env_flag
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,6 @@ class SearchConfig:
     name_weight: float = 0.3  # share of the score that comes from matching the product name
     query_cache_size: int = 1024
     max_body_bytes: int = 256 * 1024  # a 100 KB query is truncated, not refused
-    load_synchronously: bool = False
 
     @classmethod
     def from_env(cls, env=os.environ) -> "SearchConfig":
@@ -53,5 +51,4 @@ class SearchConfig:
             name_weight=float(env.get("SEARCH_NAME_WEIGHT", cls.name_weight)),
             query_cache_size=int(env.get("QUERY_CACHE_SIZE", cls.query_cache_size)),
             max_body_bytes=int(env.get("SEARCH_MAX_BODY_BYTES", cls.max_body_bytes)),
-            load_synchronously=env_flag(env, "LOAD_SYNCHRONOUSLY"),
         )

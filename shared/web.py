@@ -193,10 +193,17 @@ def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: d
 
 
 def create_service_app(import_name: str, *, service: str, openapi: dict, blueprint: Blueprint,
-                       max_body_bytes: int, settings: tuple[str, Any], loader: Callable[[Flask], str],
-                       synchronous: bool) -> Flask:
+                       max_body_bytes: int, settings: tuple[str, Any], loader: Callable[[Flask], str]) -> Flask:
     """The app both services build: common plumbing, their blueprint, and models loaded by
-    `loader(app)` (returns the readiness detail) now or in a background thread."""
+    `loader(app)` (returns the readiness detail) before the app is returned.
+
+    Loading happens here, in the worker, before it serves: gunicorn calls the app factory in
+    each worker before the worker accepts connections, so a worker that boots or is recycled
+    takes no request until its models are in memory. Requests wait in the listen backlog or go
+    to the other workers meanwhile, instead of getting 503 "still loading". A load that fails
+    (missing weights, broken index) does not stop the worker: /readyz and every request then
+    answer 503 with the reason, so the container healthcheck and the operator see why.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = Flask(import_name)
     app.config[settings[0]] = settings[1]
@@ -204,22 +211,19 @@ def create_service_app(import_name: str, *, service: str, openapi: dict, bluepri
     readiness = Readiness()
     install_common(app, service=service, readiness=readiness, openapi=openapi)
     app.register_blueprint(blueprint)
-    load_in_background(readiness, lambda: loader(app), synchronous=synchronous)
+    load_before_serving(readiness, lambda: loader(app))
     return app
 
 
-def load_in_background(readiness: Readiness, loader: Callable[[], str], *, synchronous: bool) -> None:
-    """Run `loader` (returns a readiness detail) now or in a thread, recording success or failure."""
-    import threading
-
-    def run() -> None:
-        try:
-            readiness.set_ready(loader())
-        except Exception as exc:  # noqa: BLE001 - any load failure must show on /readyz
-            logging.getLogger("fashion.startup").exception("loading failed")
-            readiness.set_failed(f"{type(exc).__name__}: {exc}")
-
-    if synchronous:
-        run()
-    else:
-        threading.Thread(target=run, name="model-loader", daemon=True).start()
+def load_before_serving(readiness: Readiness, loader: Callable[[], str]) -> None:
+    """Run `loader` (returns a readiness detail) now, recording success or the failure's reason."""
+    started = time.perf_counter()
+    try:
+        readiness.set_ready(loader())
+    except Exception as exc:  # noqa: BLE001 - any load failure must show on /readyz
+        logging.getLogger("fashion.startup").exception("loading failed")
+        readiness.set_failed(f"{type(exc).__name__}: {exc}")
+        return
+    logging.getLogger("fashion.startup").info(json.dumps({
+        "event": "ready", "pid": os.getpid(), "load_s": round(time.perf_counter() - started, 3),
+        "detail": readiness.detail}))

@@ -212,9 +212,11 @@ def start_gunicorn(app_spec: str, env: dict, *, ready_timeout: float = 120.0):
     raise RuntimeError(f"gunicorn not ready in {ready_timeout} s: {server_log(proc)}")
 
 
-def server_log(proc) -> str:
+def server_log(proc, tail: int | None = 3000) -> str:
+    """What the server printed (its last `tail` characters; None = everything)."""
     proc.log.seek(0)
-    return proc.log.read().decode(errors="replace")[-3000:]
+    text = proc.log.read().decode(errors="replace")
+    return text[-tail:] if tail else text
 
 
 def stop(proc) -> None:

@@ -113,7 +113,7 @@ def test_missing_weights_fail_readiness_with_a_clear_message(tmp_path, monkeypat
     from bgremoval.config import BgConfig
 
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))
-    app = create_app(BgConfig(weights_dir=str(tmp_path), load_synchronously=True))
+    app = create_app(BgConfig(weights_dir=str(tmp_path)))
     client = app.test_client()
     ready = client.get("/readyz")
     assert ready.status_code == 503

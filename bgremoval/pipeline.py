@@ -51,29 +51,40 @@ def keep_main_component(mask: np.ndarray) -> np.ndarray:
     """The dominant person: largest and most central blob, plus fragments inside its box.
 
     Fragments (an arm cut off by a bag strap) lie mostly inside the main person's bounding box;
-    bystanders do not.
+    bystanders do not. One vectorised pass: a photo with hundreds of speckles costs about as
+    much as one with a single blob (no per-label work in Python).
     """
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask.copy()
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(mask, labels, index)
-    centroids = np.array(ndimage.center_of_mass(mask, labels, index))
+    # Per-label pixel counts and coordinate sums over the foreground pixels only. Integer sums are
+    # exact in float64, so for boolean (and integer) masks the centroids, the scores and argmax's
+    # tie-breaking are bit-identical to ndimage.center_of_mass. A non-boolean mask weights areas
+    # and centroids by its values, as ndimage.sum_labels / center_of_mass do.
+    flat = labels.ravel()
+    foreground = np.flatnonzero(flat)
+    owner = flat[foreground]
+    weights = None if mask.dtype == bool else mask.ravel()[foreground].astype(np.float64)
     height, width = mask.shape
+    rows, cols = np.divmod(foreground, width)
+    if weights is not None:
+        rows, cols = rows * weights, cols * weights
+    areas = np.bincount(owner, weights, minlength=count + 1)[1:].astype(np.float64)
+    centroids = np.stack([np.bincount(owner, rows, minlength=count + 1)[1:],
+                          np.bincount(owner, cols, minlength=count + 1)[1:]], axis=1) / areas[:, None]
     centre = np.array([(height - 1) / 2, (width - 1) / 2])
     half_diagonal = np.hypot(height, width) / 2
     offcentre = np.linalg.norm(centroids - centre, axis=1) / half_diagonal
     scores = areas * (1.0 - 0.5 * offcentre)
-    main_label = int(index[np.argmax(scores)])
-    box = ndimage.find_objects(labels)[main_label - 1]
-    keep = [main_label]
-    for label, area in zip(index, areas, strict=True):
-        if label == main_label:
-            continue
-        inside = ndimage.sum_labels(mask[box], labels[box], label)
-        if inside >= 0.5 * area:
-            keep.append(int(label))
-    return np.isin(labels, keep)
+    main_label = int(np.argmax(scores)) + 1
+    box = ndimage.find_objects(labels, max_label=main_label)[main_label - 1]
+    in_box = labels[box].ravel()
+    box_weights = None if weights is None else mask[box].ravel().astype(np.float64)
+    inside = np.bincount(in_box, box_weights, minlength=count + 1)[1:]
+    keep = np.zeros(count + 1, bool)  # lookup table by label; 0 (background) is never kept
+    keep[1:] = inside >= 0.5 * areas
+    keep[main_label] = True
+    return keep[labels]
 
 
 def dilate(mask: np.ndarray, radius: float) -> np.ndarray:

@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from bgremoval.pipeline import NoGarmentFound, keep_main_component
 from shared.images import decode_image, encode_image
@@ -173,3 +174,114 @@ def test_jpeg_output_decodes_at_the_same_size(bg_pipeline):
     data = encode_image(out, "jpeg", jpeg_quality=95)
     again = Image.open(io.BytesIO(data))
     assert again.format == "JPEG" and again.size == (333, 517)
+
+
+def _reference_keep_main_component(mask: np.ndarray) -> np.ndarray:
+    """The loop implementation keep_main_component replaced (one ndimage call per label)."""
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.copy()
+    index = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(mask, labels, index)
+    centroids = np.array(ndimage.center_of_mass(mask, labels, index))
+    height, width = mask.shape
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    half_diagonal = np.hypot(height, width) / 2
+    offcentre = np.linalg.norm(centroids - centre, axis=1) / half_diagonal
+    scores = areas * (1.0 - 0.5 * offcentre)
+    main_label = int(index[np.argmax(scores)])
+    box = ndimage.find_objects(labels)[main_label - 1]
+    keep = [main_label]
+    for label, area in zip(index, areas, strict=True):
+        if label == main_label:
+            continue
+        inside = ndimage.sum_labels(mask[box], labels[box], label)
+        if inside >= 0.5 * area:
+            keep.append(int(label))
+    return np.isin(labels, keep)
+
+
+def _random_masks(seed: int = 9):
+    """(name, mask) pairs: every shape of input keep_main_component has to decide on."""
+    rng = np.random.default_rng(seed)
+    yield "empty", np.zeros((40, 30), bool)
+    yield "full", np.ones((25, 35), bool)
+    one = np.zeros((60, 50), bool)
+    one[10:50, 15:35] = True
+    yield "one blob", one
+    # Ties: two identical blobs mirrored about the centre score exactly the same; the lower label
+    # (the first in raster order) must win in both implementations.
+    tie = np.zeros((40, 40), bool)
+    tie[5:15, 5:15] = tie[25:35, 25:35] = True
+    yield "tie", tie
+    # A fragment with exactly half of its pixels inside the main box (the >= boundary).
+    half = np.zeros((50, 50), bool)
+    half[10:40, 20:30] = True
+    half[20:22, 31:33] = False
+    half[20, 29:31] = True  # joins the main blob: widens its box to column 30
+    half[30:32, 30:32] = True  # 2x2 fragment: column 30 inside the box, column 31 outside
+    half[30:32, 30] = False
+    half[30:32, 31] = True
+    half[33:35, 30:32] = True  # touches nothing above (row 32 is empty), half inside
+    yield "half inside", half
+    for i in range(150):
+        height, width = int(rng.integers(8, 120)), int(rng.integers(8, 120))
+        kind = i % 5
+        if kind == 0:  # speckles: many one- and few-pixel components
+            mask = rng.random((height, width)) < rng.uniform(0.02, 0.45)
+        elif kind == 1:  # several rectangular blobs of random sizes and places
+            mask = np.zeros((height, width), bool)
+            for _ in range(int(rng.integers(2, 8))):
+                y0, x0 = rng.integers(0, height), rng.integers(0, width)
+                mask[y0:y0 + rng.integers(1, height // 2 + 2), x0:x0 + rng.integers(1, width // 2 + 2)] = True
+        elif kind == 2:  # a main person with holes, fragments inside its box and bystanders outside
+            mask = np.zeros((height, width), bool)
+            y0, x0 = height // 5, width // 3
+            mask[y0:height - y0, x0:width - x0] = True
+            mask &= rng.random((height, width)) > 0.35  # breaks it into fragments
+            mask[:, : max(1, width // 8)] |= rng.random((height, max(1, width // 8))) < 0.4
+            mask[: max(1, height // 8)] |= rng.random((max(1, height // 8), width)) < 0.3
+        elif kind == 3:  # one blob plus sparse speckles
+            mask = np.zeros((height, width), bool)
+            mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = True
+            mask |= rng.random((height, width)) < 0.03
+        else:  # symmetric layouts, where ties between scores are likely
+            quarter = rng.random((height // 2 + 1, width // 2 + 1)) < 0.2
+            mask = np.block([[quarter, quarter[:, ::-1]], [quarter[::-1], quarter[::-1, ::-1]]])
+        yield f"random {i} ({kind})", mask
+
+
+def test_keep_main_component_matches_the_loop_implementation():
+    compared = 0
+    for name, mask in _random_masks():
+        expected = _reference_keep_main_component(mask)
+        got = keep_main_component(mask)
+        assert got.dtype == expected.dtype and got.shape == mask.shape, name
+        assert np.array_equal(got, expected), name
+        compared += 1
+    assert compared > 150
+
+
+def test_keep_main_component_matches_the_loop_implementation_on_weighted_masks():
+    """Non-boolean masks weight areas and centroids by their values, as ndimage did."""
+    rng = np.random.default_rng(3)
+    for i, (name, mask) in enumerate(_random_masks(seed=4)):
+        weighted = mask.astype(np.uint8) * rng.integers(1, 4, mask.shape).astype(np.uint8)
+        if i % 3 == 0:
+            weighted = mask.astype(np.uint8) * 255
+        assert np.array_equal(keep_main_component(weighted), _reference_keep_main_component(weighted)), name
+
+
+def test_keep_main_component_drops_many_speckles_keeps_fragments_in_the_box():
+    mask = np.zeros((200, 150), bool)
+    mask[30:190, 50:100] = True  # the main person
+    mask[40:46, 60:66] = False
+    mask[42:44, 62:64] = True  # an island in a hole, inside the person's box: kept
+    mask[150:160, 85:100] = False
+    mask[152:158, 90:104] = True  # a hand cut off by a strap, two thirds inside the box: kept
+    expected = mask.copy()
+    mask[60:120, 0:20] = True  # a bystander at the edge: dropped
+    mask[100:110, 102:120] = True  # a fragment entirely right of the box: dropped
+    mask[2:28:3, 2:148:3] = True  # 9 x 49 separate one-pixel speckles above the person: dropped
+    assert ndimage.label(mask)[1] == 5 + 9 * 49
+    assert np.array_equal(keep_main_component(mask), expected)

@@ -5,20 +5,122 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
+import pytest
+from PIL import Image, ImageDraw
 
 from tests.conftest import REPO, TINY, shared_data
 
+# A tiny CCP-like dataset whose scores are known exactly under the oracle models: class indices
+# as in classes.tsv, regions as PIL boxes (x0, y0, x1, y1), both ends inclusive.
+CLASSES = {0: "null", 1: "skin", 2: "hair", 3: "t-shirt", 4: "pants", 5: "shoes", 6: "sweater", 7: "scarf"}
 
-def test_bg_evaluation_on_labelled_street_photos(oracle_weights, tmp_path, capsys):
+
+def _labelled(size: tuple[int, int], regions: list[tuple[tuple, int]]) -> Image.Image:
+    labels = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(labels)
+    for box, class_index in regions:
+        draw.rectangle(box, fill=class_index)
+    return labels
+
+
+def _write_ccp_like(root) -> None:
+    from tests import scenes
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.tsv").write_text("index\tname\n" + "".join(f"{i}\t{n}\n" for i, n in CLASSES.items()))
+
+    # a_street (240x320): the oracle sees face + red top + blue trousers as the main person, a
+    # bystander and a tree as other people, top + trousers as garment. The labels differ on
+    # purpose: hair above the face and a sleeve beside the top that the oracle cannot see (grey
+    # pixels), shoes at the bottom of the blue trousers (not a garment); bystander/tree are null.
+    street, b = scenes.street_photo(240, 320)
+    assert b["face"] == (100, 32, 140, 72) and b["top"] == (80, 72, 160, 180)
+    assert b["trousers"] == (88, 180, 152, 304) and b["tree"] == (208, 160, 236, 280)
+    assert b["bystander_face"] == (8, 120, 32, 144) and b["bystander_top"] == (4, 144, 36, 208)
+    street_labels = _labelled(street.size, [
+        (b["face"], 1), (b["top"], 3), (b["trousers"], 4),
+        ((88, 290, 152, 304), 5),  # shoes
+        ((100, 24, 140, 31), 2),  # hair
+        ((70, 80, 79, 150), 3),  # sleeve
+    ])
+    # b_flatlay (640x480): no person, so the product matte finds the dark sweater; its top 21 rows
+    # are labelled scarf (not a garment).
+    flat, sweater = scenes.flat_lay_photo()
+    assert sweater == (200, 120, 440, 380)
+    flat_labels = _labelled(flat.size, [(sweater, 6), ((200, 120, 440, 140), 7)])
+    # c_nothing: a light wall; labels claim a t-shirt the models cannot see -> refused, IoU 0.
+    wall = Image.new("RGB", (240, 320), (240, 240, 240))
+    wall_labels = _labelled(wall.size, [((80, 72, 160, 180), 3)])
+
+    for stem, photo, labels in (("a_street", street, street_labels), ("b_flatlay", flat, flat_labels),
+                                ("c_nothing", wall, wall_labels)):
+        # Flat colours, 4:4:4, quality 100: JPEG moves no pixel across an oracle threshold.
+        photo.save(root / "images" / f"{stem}.jpg", quality=100, subsampling=0)
+        labels.save(root / "labels" / f"{stem}.png")
+
+
+# Areas from the boxes above (w x h, inclusive ends):
+#   face 41x41 = 1681, top 81x109 = 8829 (shares row 72 with the face: 41 px),
+#   trousers 65x125 = 8125 (shares row 180 with the top: 65 px), shoes 65x15 = 975, hair 41x8 = 328,
+#   sleeve 10x71 = 710, bystander 25x25 + 33x65 - 25 = 2745, tree 29x121 = 3509.
+#   predicted garment = top | trousers = 8829 + 8125 - 65 = 16889
+#   garment truth = predicted - shoes + sleeve: IoU = (16889 - 975) / (16889 + 710)
+#   main person = face | top | trousers = 16889 + 1681 - 41 = 18529
+#   person truth = main person + hair + sleeve: IoU = 18529 / (18529 + 328 + 710)
+#   everyone = main person + bystander + tree: IoU = 18529 / (18529 + 2745 + 3509 + 328 + 710)
+#   flat-lay sweater 241x261 = 62901, scarf 241x21 = 5061: IoU = (62901 - 5061) / 62901
+STREET_GARMENT_IOU = 15914 / 17599
+STREET_MAIN_IOU = 18529 / 19567
+STREET_ALL_IOU = 18529 / 25821
+FLATLAY_GARMENT_IOU = 57840 / 62901
+
+
+def test_bg_evaluation_scores_a_constructed_dataset_exactly(oracle_weights, tmp_path, capsys):
+    from bgremoval import evaluate
+
+    data = tmp_path / "ccp_like"
+    _write_ccp_like(data)
+    rows = evaluate.evaluate(data, tmp_path / "worst", limit=None, worst=2)
+    out = capsys.readouterr().out
+    assert [r.image for r in rows] == ["a_street", "b_flatlay", "c_nothing"]
+    street, flat, nothing = rows
+    exact = lambda value: pytest.approx(value, abs=2e-4)  # a few pixels of resampled edge at most
+    assert street.garment_iou == exact(STREET_GARMENT_IOU)
+    assert street.person_iou_main == exact(STREET_MAIN_IOU)
+    assert street.person_iou_all == exact(STREET_ALL_IOU)
+    assert street.note == ""
+    # No person on a flat-lay: the garment comes from the product matte; the person IoU is 0.
+    assert flat.garment_iou == exact(FLATLAY_GARMENT_IOU)
+    assert flat.person_iou_main == flat.person_iou_all == 0.0 and flat.note == ""
+    assert nothing.garment_iou == nothing.person_iou_main == nothing.person_iou_all == 0.0
+    assert nothing.note == "No person and no product could be found in the image."
+
+    assert "keep-main-person changed 1 of 3 images: 1 better, 0 worse" in out
+    saved = sorted(p.name for p in (tmp_path / "worst").glob("*.jpg"))
+    assert saved == ["worst_0.000_c_nothing.jpg", f"worst_{street.garment_iou:.3f}_a_street.jpg"]
+
+
+def test_bg_evaluation_report_on_labelled_street_photos(oracle_weights, tmp_path, capsys):
+    """The real CCP photos (oracle models, so the numbers themselves mean little): the report
+    covers the first images in order, and its means, counts and saved worst cases agree."""
     from bgremoval import evaluate
 
     data = shared_data("ccp")
     rows = evaluate.evaluate(data, tmp_path / "worst", limit=4, worst=2)
     out = capsys.readouterr().out
-    assert len(rows) == 4 and "MEAN" in out and "keep-main-person changed" in out
-    assert all(0.0 <= r.garment_iou <= 1.0 and 0.0 <= r.person_iou_main <= 1.0 for r in rows)
-    assert len(list((tmp_path / "worst").glob("worst_*.jpg"))) == 2
+    assert [r.image for r in rows] == [p.stem for p in sorted((data / "images").glob("*.jpg"))[:4]]
+    assert all(None not in (r.garment_iou, r.person_iou_main, r.person_iou_all) for r in rows)
+    mean = lambda attr: np.mean([getattr(r, attr) for r in rows])
+    assert (f"MEAN     {mean('garment_iou'):>11.4f} {mean('person_iou_main'):>11.4f} "
+            f"{mean('person_iou_all'):>10.4f}") in out
+    changed = [r for r in rows if abs(r.person_iou_main - r.person_iou_all) > 1e-6]
+    better = sum(r.person_iou_main > r.person_iou_all for r in changed)
+    assert (f"keep-main-person changed {len(changed)} of 4 images: {better} better, "
+            f"{len(changed) - better} worse") in out
+    worst = sorted(rows, key=lambda r: r.garment_iou)[:2]
+    saved = sorted(p.name for p in (tmp_path / "worst").glob("worst_*.jpg"))
+    assert saved == sorted(f"worst_{r.garment_iou:.3f}_{r.image}.jpg" for r in worst)
 
 
 def test_iou_and_class_mapping():

@@ -5,7 +5,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from bgremoval.pipeline import GARMENT_CLASSES, GarmentPipeline, with_alpha
 from shared.errors import BadRequest, UnsupportedMediaType
@@ -104,3 +104,11 @@ def remove_background() -> Response:
     response = Response(payload, mimetype=FORMATS[options.format])
     response.headers["X-Mask-Source"] = result.source
     return response
+
+
+@bp.get("/pipeline")
+def pipeline_identity():
+    """The models (with weights sha256) and settings that decide masks: the indexer records them so
+    that --update knows what to re-embed, whether it runs the pipeline in-process or calls here."""
+    current_app.extensions["readiness"].require()
+    return jsonify(garment_pipeline=current_app.extensions["bg_pipeline"].identity())

@@ -8,7 +8,9 @@ Lanczos-resizes the cloth label map (which invents in-between class ids along ed
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,13 +63,34 @@ def weights_file(name: str) -> str | None:
     return session_class(name).resolve_existing(f"{name}.onnx")
 
 
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class ModelSession:
     """A rembg session that returns the network's first output at the model's own resolution."""
 
-    def __init__(self, name: str, rembg_session, spec: InputSpec):
+    def __init__(self, name: str, rembg_session, spec: InputSpec, weights_path: str | None = None):
         self.name = name
         self.spec = spec
+        self.weights_path = weights_path
         self._session = rembg_session
+        self._identity: dict | None = None
+        self._identity_lock = threading.Lock()
+
+    @property
+    def identity(self) -> dict:
+        """Name and weights sha256: what decides this model's output. Hashed on first use (about
+        a second for rembg's 176 MB files), not at load, so worker start-up stays fast."""
+        with self._identity_lock:
+            if self._identity is None:
+                sha = file_sha256(self.weights_path) if self.weights_path else None
+                self._identity = {"name": self.name, "sha256": sha, "input_size": self.spec.size}
+            return self._identity
 
     def run(self, img: Image.Image) -> np.ndarray:
         feed = self._session.normalize(img, self.spec.mean, self.spec.std, (self.spec.size,) * 2)
@@ -92,7 +115,7 @@ def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig) -> Mo
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = new_session(name, sess_opts=options, providers=["CPUExecutionProvider"])
-    return ModelSession(name, session, specs[name])
+    return ModelSession(name, session, specs[name], weights_file(name))
 
 
 @dataclass

@@ -40,6 +40,16 @@ OPENAPI = {
                 "504": problem("The image host timed out"),
             },
         }},
+        "/pipeline": {"get": {
+            "summary": "Models (with weights sha256) and settings that decide the masks",
+            "description": "The search indexer records this to know what an --update must re-embed.",
+            "responses": {
+                "200": {"description": "shared / garment / product parts", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["garment_pipeline"], "properties": {
+                        "garment_pipeline": {"type": "object", "required": ["shared", "garment", "product"]}}}}}},
+                "503": problem("Models not loaded"),
+            },
+        }},
         **ops_paths(),
     },
     "components": {"schemas": {"Problem": PROBLEM_SCHEMA}},

@@ -100,6 +100,22 @@ class GarmentPipeline:
         self.models = models
         self.settings = settings or PipelineSettings()
 
+    def identity(self, classes: tuple[str, ...] = GARMENT_CLASSES) -> dict:
+        """Everything that decides a mask, grouped by the images it affects: `shared` decides every
+        mask (and whether the person or the flat-lay branch makes it), `garment` only masks of a
+        person's garment, `product` only flat-lay masks. The indexer stores it to know what an
+        --update must re-embed; the service reports it at GET /pipeline."""
+        s, m = self.settings, self.models
+        return {
+            "shared": {"person_model": m.person.identity, "person_threshold": s.person_threshold,
+                       "min_person_fraction": s.min_person_fraction, "working_max_side": s.working_max_side},
+            "garment": {"cloth_model": m.cloth.identity if m.cloth else None, "classes": list(classes),
+                        "garment_threshold": s.garment_threshold, "person_dilation": s.person_dilation,
+                        "keep_main_person": s.keep_main_person, "min_garment_fraction": s.min_garment_fraction},
+            "product": {"product_model": m.product.identity if m.product else None,
+                        "product_threshold": s.person_threshold, "min_garment_fraction": s.min_garment_fraction},
+        }
+
     def _working_copy(self, img: Image.Image) -> Image.Image:
         longest = max(img.size)
         if longest <= self.settings.working_max_side:

@@ -17,14 +17,26 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
     config = config or SearchConfig.from_env()
 
     def load(app: Flask) -> str:
+        from pathlib import Path
+
         from search.embedder import ClipEmbedder
+        from search.store import IndexLoadError
 
         index = Index.load(config.index_dir)  # cheap checks first: a bad index fails fast
+        catalog = Path(config.catalog_dir or index.meta["catalog_dir"])
+        if not catalog.is_dir():
+            raise IndexLoadError(f"catalog folder {catalog} does not exist; set SEARCH_CATALOG_DIR to the "
+                                 "catalog the index was built from (result urls serve its images)")
+        missing, examples = index.missing_images(catalog)
+        if missing:
+            raise IndexLoadError(f"the catalog at {catalog} lacks {missing} of the index's {len(index.image_files)} "
+                                 f"images (e.g. {', '.join(examples)}); set SEARCH_CATALOG_DIR to the catalog "
+                                 "the index was built from, or rebuild the index")
         model = embedder if embedder is not None else ClipEmbedder(config.clip, text_only=True)
         index.check_compatible(model.identity)
         searcher = Searcher(index, model, name_weight=config.name_weight, cache_size=config.query_cache_size)
         app.extensions["searcher"] = searcher
-        app.extensions["served_images"] = {(im["product"], im["file"]) for im in index.meta["images"]}
+        app.extensions["catalog_dir"] = catalog
         searcher.embed_query("warm up")  # the first torch call is slow; pay it before ready
         return f"{len(index.products)} products, {len(index.image_files)} images, {model.model_name}"
 

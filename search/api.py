@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, send_from_directory
@@ -48,10 +47,8 @@ def search():
 @bp.get("/images/<product>/<file>")
 def image(product: str, file: str):
     current_app.extensions["readiness"].require()
-    searcher = current_app.extensions["searcher"]
+    index = current_app.extensions["searcher"].index
     # Only files the index lists are served: no path from the client reaches the filesystem.
-    if (product, file) not in current_app.extensions["served_images"]:
+    if index.find_image(product, file) is None:
         raise NotFound(f"No image {file!r} of product {product!r} in the index.")
-    catalog = Path(current_app.config["SEARCH"].catalog_dir or searcher.index.meta["catalog_dir"])
-    response = send_from_directory(catalog / product, file, max_age=3600)
-    return response
+    return send_from_directory(current_app.extensions["catalog_dir"] / product, file, max_age=3600)

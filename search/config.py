@@ -5,7 +5,6 @@ import os
 from dataclasses import dataclass, field
 
 
-
 @dataclass(frozen=True)
 class ClipSettings:
     model: str = "ViT-B-32"
@@ -19,7 +18,7 @@ class ClipSettings:
     text_precision: str = "bf16"  # query text tower: bf16 (where the CPU has it natively) or fp32
 
     @classmethod
-    def from_env(cls, env=os.environ) -> "ClipSettings":
+    def from_env(cls, env=os.environ) -> ClipSettings:
         return cls(
             model=env.get("CLIP_MODEL", cls.model),
             pretrained=env.get("CLIP_PRETRAINED", cls.pretrained),
@@ -41,8 +40,15 @@ class SearchConfig:
     query_cache_size: int = 1024
     max_body_bytes: int = 256 * 1024  # a 100 KB query is truncated, not refused
 
+    def __post_init__(self) -> None:
+        # Resolved once, against the working directory at start: a relative path must not be
+        # read later against another base (Flask resolves relative folders against the package).
+        object.__setattr__(self, "index_dir", os.path.abspath(self.index_dir))
+        if self.catalog_dir:
+            object.__setattr__(self, "catalog_dir", os.path.abspath(self.catalog_dir))
+
     @classmethod
-    def from_env(cls, env=os.environ) -> "SearchConfig":
+    def from_env(cls, env=os.environ) -> SearchConfig:
         return cls(
             clip=ClipSettings.from_env(env),
             index_dir=env.get("SEARCH_INDEX_DIR", cls.index_dir),

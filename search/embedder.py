@@ -151,6 +151,25 @@ class ClipEmbedder:
         features = self.model.encode_image(batch)
         return torch.nn.functional.normalize(features, dim=-1).numpy().astype(np.float32)
 
+    def query_tokens(self, text: str) -> np.ndarray:
+        """The token ids the text tower actually sees for `text`: truncated to the context, and
+        cut after the end-of-text token where the tower is causal (nothing after it counts).
+        At most 77 ids, so they bound the query cache's keys whatever clients send."""
+        tokens = self.tokenizer([_clip_text(text)])[0]
+        if self.query_text is not None:
+            tokens = tokens[: int(tokens.argmax()) + 1]
+        return tokens.numpy().astype(np.int32)
+
+    @torch.inference_mode()
+    def encode_query_tokens(self, ids: np.ndarray) -> np.ndarray:
+        """The normalised embedding of one query from `query_tokens` ids."""
+        tokens = torch.from_numpy(ids.astype(np.int64))[None]
+        if self.query_text is not None:
+            features = self.query_text.encode(tokens)
+        else:
+            features = self.model.encode_text(tokens)
+        return torch.nn.functional.normalize(features, dim=-1)[0].numpy().astype(np.float32)
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, tower: TextTower | None = None) -> np.ndarray:
         """Query embeddings (long text is truncated to the model's context by the tokenizer)."""

@@ -48,9 +48,7 @@ def metrics(ranked: list[str], relevant: set[str]) -> dict[str, float]:
 
 
 def repooled(index: Index, method: str) -> Index:
-    counts = [p["count"] for p in index.meta["products"]]
-    products = pool_products(index.image_embeddings, counts, method)
-    return Index(index.directory, {**index.meta, "pooling": method}, index.image_embeddings, products, index.thumbs)
+    return index.with_pooling(method, pool_products(index.image_embeddings, index.counts, method))
 
 
 def evaluate(searcher: Searcher, queries: list[Judged]) -> list[dict]:

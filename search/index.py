@@ -1,13 +1,15 @@
-"""The product index: build it offline from a catalog folder, load it for serving.
+"""The product index: build it offline from a catalog folder; `search.store` loads it for serving.
 
     python -m search.index build --catalog CATALOG_DIR --out INDEX_DIR [--update] [--pooling max]
     python -m search.index info --index INDEX_DIR
 
 Catalog: one folder per product (folder name = product name), any number of images inside.
-Index: plain files. image_embeddings.npy (one normalised row per image, grouped by product),
-product_embeddings.npy (one pooled row per product), thumbs.npy (tiny pixel fingerprints for
-the duplicate report) and meta.json (model identity, pooling, image list, catalog fingerprint,
-format version).
+Every image goes through the background-removal pipeline (in-process, or the service at
+--bg-url), is cropped to its garment and embedded with open_clip; a product's vector pools its
+images'. The files are described in `search/store.py`.
+
+--update re-embeds only what changed: new or changed image bytes, and images whose mask depends
+on a bg-pipeline setting or model that changed (the index records the pipeline's identity).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,20 +28,23 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from shared.errors import ProblemError
+from search.duplicates import find_duplicates
+from search.store import (
+    FORMAT_VERSION,
+    POOLINGS,
+    SOURCES,
+    Index,
+    IndexArrays,
+    IndexLoadError,
+    write_index,
+)
+from shared.errors import ProblemError, Unprocessable
 from shared.images import decode_image
 
+__all__ = ["FORMAT_VERSION", "Index", "IndexLoadError", "build_index", "pool", "scan_catalog"]
 log = logging.getLogger("fashion.index")
-FORMAT_VERSION = 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-POOLINGS = ("max", "mean", "score-max")
-FILES = ("image_embeddings.npy", "product_embeddings.npy", "thumbs.npy", "meta.json")
 THUMB_SIDE = 16
-PROBE_MIN_COSINE = 0.999
-
-
-class IndexLoadError(Exception):
-    """The index is missing, corrupt or built with another model (message says which)."""
 
 
 @dataclass
@@ -117,88 +123,6 @@ def thumbnail(picture: Image.Image) -> np.ndarray:
     return normalise(grey)
 
 
-@dataclass
-class Index:
-    directory: Path
-    meta: dict
-    image_embeddings: np.ndarray  # [images, dim], grouped by product
-    product_embeddings: np.ndarray  # [products, dim]
-    thumbs: np.ndarray  # [images, 256]
-    products: list[str] = field(init=False)
-    image_files: list[str] = field(init=False)
-    starts: np.ndarray = field(init=False)  # first image row of each product
-
-    def __post_init__(self) -> None:
-        self.products = [p["name"] for p in self.meta["products"]]
-        self.image_files = [im["file"] for im in self.meta["images"]]
-        self.starts = group_starts([p["count"] for p in self.meta["products"]])
-
-    @property
-    def pooling(self) -> str:
-        return self.meta["pooling"]
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "Index":
-        directory = Path(directory)
-        missing = [name for name in FILES if not (directory / name).is_file()]
-        if missing:
-            raise IndexLoadError(f"index at {directory} is missing {', '.join(missing)}; build it with "
-                              "`python -m search.index build --catalog DIR --out DIR`")
-        try:
-            meta = json.loads((directory / "meta.json").read_text())
-            images = np.load(directory / "image_embeddings.npy", allow_pickle=False)
-            products = np.load(directory / "product_embeddings.npy", allow_pickle=False)
-            thumbs = np.load(directory / "thumbs.npy", allow_pickle=False)
-        except (ValueError, OSError, json.JSONDecodeError) as exc:
-            raise IndexLoadError(f"index at {directory} is corrupt: {exc}") from None
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise IndexLoadError(f"index format {meta.get('format_version')!r} is not {FORMAT_VERSION}; rebuild it")
-        try:
-            n_images, n_products = len(meta["images"]), len(meta["products"])
-            counts = sum(p["count"] for p in meta["products"])
-            pooling = meta["pooling"]
-        except (KeyError, TypeError) as exc:
-            raise IndexLoadError(f"index at {directory} has incomplete metadata ({exc})") from None
-        shapes_ok = (
-            images.ndim == 2 and products.ndim == 2 and images.shape[0] == n_images == counts
-            and products.shape == (n_products, images.shape[1]) and thumbs.shape[0] == n_images
-            and n_products > 0 and pooling in POOLINGS
-        )
-        if not shapes_ok or not (np.isfinite(images).all() and np.isfinite(products).all()):
-            raise IndexLoadError(f"index at {directory} is corrupt: arrays and metadata disagree")
-        return cls(directory, meta, images.astype(np.float32), products.astype(np.float32), thumbs)
-
-    def check_compatible(self, identity: dict) -> None:
-        """Refuse an index whose vectors came from other weights than the ones loaded now."""
-        built = self.meta.get("embedder", {})
-        for key in ("model", "pretrained", "seed"):
-            if built.get(key) != identity.get(key):
-                raise IndexLoadError(
-                    f"index was built with {key}={built.get(key)!r} but the service runs "
-                    f"{key}={identity.get(key)!r}; rebuild the index or fix CLIP_MODEL/CLIP_PRETRAINED"
-                )
-        old, new = np.asarray(built.get("probe") or [], np.float32), np.asarray(identity["probe"], np.float32)
-        # Same names, other weights (a retrained file, another seed): the probe text's embedding
-        # moves. Compared by cosine so float noise between CPUs does not matter.
-        if old.shape != new.shape or float(old @ new) < PROBE_MIN_COSINE:
-            raise IndexLoadError(
-                "index was built with different weights (probe embedding differs); rebuild the index"
-            )
-
-    def visual_scores(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine score per product, and per image (for `best_image`)."""
-        per_image = self.image_embeddings @ query
-        if self.pooling == "score-max":
-            return np.maximum.reduceat(per_image, self.starts), per_image
-        return self.product_embeddings @ query, per_image
-
-    def best_image(self, product: int, per_image: np.ndarray) -> int:
-        """Row of the product's image that matches the query best (only asked for the top n)."""
-        start = int(self.starts[product])
-        count = self.meta["products"][product]["count"]
-        return start + int(np.argmax(per_image[start:start + count]))
-
-
 # --------------------------------------------------------------------------- building
 
 
@@ -207,30 +131,70 @@ class BuildReport:
     images: int = 0
     embedded: int = 0
     reused: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"image": relpath, "reason": ...}
     warnings: list[str] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
+    reembedded: Counter = field(default_factory=Counter)  # why each embedded image was (re-)embedded
+    pipeline_changes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def _previous_rows(out: Path, identity: dict, pipeline_id: str) -> dict[tuple[str, str], tuple]:
-    """(relpath, sha256) -> (embedding, thumb) from an existing compatible index, for --update."""
+def identity_changes(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two identity dicts, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(set(old) | set(new))
+                for change in identity_changes(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+@dataclass
+class Reusable:
+    """What an --update may keep from the previous index."""
+
+    rows: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (relpath, sha256) -> (vector, thumb, source)
+    previous_sha: dict[str, str] = field(default_factory=dict)  # relpath -> sha256 of every previous image
+    stale: set[str] = field(default_factory=set)  # relpaths whose mask settings changed
+
+
+def _reusable(out: Path, identity: dict, garment_id: dict, report: BuildReport) -> Reusable:
+    """Rows of the previous index that are still right: same image bytes, same CLIP weights, and
+    unchanged settings for the part of the bg pipeline that made the image's mask. `shared` and
+    `crop` settings affect every image; `garment` only images where a person's garment was cut
+    out; `product` only flat-lays (the salient-object fallback)."""
+    reusable = Reusable()
     try:
-        old = Index.load(out)
+        old = Index.load(out, for_building=True)
         old.check_compatible(identity)
     except IndexLoadError as exc:
         log.warning("--update: existing index not reusable (%s); embedding everything", exc)
-        return {}
-    if old.meta.get("garment_pipeline") != pipeline_id:
-        log.warning("--update: background-removal pipeline changed; embedding everything")
-        return {}
-    return {(im["product"] + "/" + im["file"], im["sha256"]): (old.image_embeddings[i], old.thumbs[i])
-            for i, im in enumerate(old.meta["images"])}
+        return reusable
+    old_garment = old.meta.get("garment_pipeline") or {}
+    report.pipeline_changes = identity_changes(old_garment, garment_id)
+    changed_parts = {part for part in set(old_garment) | set(garment_id)
+                     if old_garment.get(part) != garment_id.get(part)}
+    if report.pipeline_changes:
+        log.warning("--update: background-removal pipeline changed (%s); re-embedding the images it affects",
+                    "; ".join(report.pipeline_changes))
+    sources, sha, thumbs = (old.builder[k] for k in ("image_sources", "image_sha256", "thumbs"))
+    for product in range(len(old.products)):
+        name = old.products[product]
+        for row in old.image_rows(product):
+            relpath, source = f"{name}/{old.image_files[row]}", SOURCES[sources[row]]
+            reusable.previous_sha[relpath] = digest = sha[row].tobytes().hex()
+            if changed_parts & {"shared", "crop", source} or source not in garment_id:
+                reusable.stale.add(relpath)
+                continue
+            reusable.rows[(relpath, digest)] = (np.array(old.image_embeddings[row]), np.array(thumbs[row]), source)
+    return reusable
 
 
 def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = "max",
                 batch_size: int = 16, update: bool = False, dup_threshold: float = 0.97,
                 progress: bool = True) -> BuildReport:
+    """Embed every catalog image's garment and write the index. Images that cannot be read or
+    hold no garment are skipped and listed with the reason; anything else that fails (the
+    bg-removal service down after its retries, a model error) stops the build and leaves the
+    previous index as it was."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}")
     started = time.perf_counter()
@@ -238,114 +202,87 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
     images, report.warnings = scan_catalog(catalog)
     report.images = len(images)
     identity = embedder.identity
-    pipeline_id = garments.description
-    reuse = _previous_rows(out, identity, pipeline_id) if update else {}
+    garment_id = garments.identity
+    reuse = _reusable(out, identity, garment_id, report) if update else Reusable()
 
-    vectors: dict[str, np.ndarray] = {}
-    thumbs: dict[str, np.ndarray] = {}
+    done: dict[str, tuple] = {}  # relpath -> (vector, thumb, source)
     pending = []
     for im in images:
-        cached = reuse.get((im.relpath, im.sha256))
+        cached = reuse.rows.get((im.relpath, im.sha256))
         if cached is not None:
-            vectors[im.relpath], thumbs[im.relpath] = cached
+            done[im.relpath] = cached
             report.reused += 1
         else:
             pending.append(im)
+
+    def why(im: CatalogImage) -> str:
+        if im.relpath not in reuse.previous_sha:
+            return "new image" if update else "full build"
+        if reuse.previous_sha[im.relpath] != im.sha256:
+            return "changed image"
+        return "pipeline changed" if im.relpath in reuse.stale else "skipped before"
 
     bar = tqdm(total=len(pending), desc="indexing", unit="img", disable=not progress)
     for first in range(0, len(pending), batch_size):
         batch, cutouts = [], []
         for im in pending[first:first + batch_size]:
+            bar.update(1)
             try:
                 decoded = decode_image((catalog / im.product / im.file).read_bytes())
+            except ProblemError as exc:  # the image itself is unusable: skip it, say why
+                report.skipped.append({"image": im.relpath, "reason": f"unreadable: {exc.detail}"})
+                continue
+            try:
                 cutouts.append(garments.garment(decoded))
-                batch.append(im)
-            except ProblemError as exc:
-                report.skipped.append(f"{im.relpath}: {exc.detail}")
-            bar.update(1)
+            except Unprocessable as exc:  # the only per-image answer that means "skip"
+                report.skipped.append({"image": im.relpath, "reason": f"no garment: {exc.detail}"})
+                continue
+            batch.append(im)
         if batch:
-            for im, vector, cutout in zip(batch, embedder.encode_images(cutouts), cutouts, strict=True):
-                vectors[im.relpath], thumbs[im.relpath] = vector, thumbnail(cutout)
+            vectors = embedder.encode_images([c.picture for c in cutouts])
+            for im, vector, cutout in zip(batch, vectors, cutouts, strict=True):
+                done[im.relpath] = (vector, thumbnail(cutout.picture), cutout.source)
+                report.reembedded[why(im)] += 1
                 report.embedded += 1
     bar.close()
 
-    kept = [im for im in images if im.relpath in vectors]
-    products: list[dict] = []
-    for im in kept:
-        if not products or products[-1]["name"] != im.product:
-            products.append({"name": im.product, "count": 0})
-        products[-1]["count"] += 1
-    for name in sorted({im.product for im in images} - {p["name"] for p in products}):
-        report.warnings.append(f"{name}: no usable image (no garment found in any), not indexed")
+    kept = sorted((im for im in images if im.relpath in done), key=lambda im: (im.product, im.file))
     if not kept:
         raise RuntimeError("no image of the catalog could be indexed; see the skipped list")
+    names, counts = [], []
+    for im in kept:
+        if not names or names[-1] != im.product:
+            names.append(im.product)
+            counts.append(0)
+        counts[-1] += 1
+    for name in sorted({im.product for im in images} - set(names)):
+        report.warnings.append(f"{name}: no usable image (no garment found in any), not indexed")
 
-    image_matrix = np.stack([vectors[im.relpath] for im in kept]).astype(np.float32)
-    thumb_matrix = np.stack([thumbs[im.relpath] for im in kept]).astype(np.float32)
-    product_matrix = pool_products(image_matrix, [p["count"] for p in products], pooling)
-    meta = {
-        "format_version": FORMAT_VERSION,
+    image_matrix = np.stack([done[im.relpath][0] for im in kept]).astype(np.float32, copy=False)
+    content = IndexArrays(
+        image_embeddings=image_matrix,
+        product_embeddings=pool_products(image_matrix, counts, pooling),
+        counts=counts, product_names=names, image_files=[im.file for im in kept],
+        image_sha256=[im.sha256 for im in kept], image_sources=[done[im.relpath][2] for im in kept],
+        thumbs=np.stack([done[im.relpath][1] for im in kept]),
+    )
+    write_index(out, content, {
         "embedder": identity,
+        "garment_pipeline": garment_id,
+        "garment_service": garments.description,
         "embed_dim": int(image_matrix.shape[1]),
         "pooling": pooling,
-        "garment_pipeline": pipeline_id,
         "catalog_dir": str(catalog.resolve()),
         "catalog_fingerprint": catalog_fingerprint(images),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "products": products,
-        "images": [{"product": im.product, "file": im.file, "sha256": im.sha256} for im in kept],
         "skipped": report.skipped,
-    }
-    _write(out, image_matrix, product_matrix, thumb_matrix, meta)
-    index = Index.load(out)
+    })
+    index = Index.load(out, for_building=True)
     # Random weights embed every image alike: only the pixel fingerprints can tell then.
-    report.duplicates = find_duplicates(index, dup_threshold if identity.get("pretrained") else None)
+    report.duplicates = find_duplicates(index.products, index.counts, index.image_embeddings, index.thumbs,
+                                        dup_threshold if identity.get("pretrained") else None, progress=progress)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _write(out: Path, images: np.ndarray, products: np.ndarray, thumbs: np.ndarray, meta: dict) -> None:
-    """Write every file beside its final name, then rename: a crash never leaves a mixed index."""
-    out.mkdir(parents=True, exist_ok=True)
-    staged = []
-    for name, array in (("image_embeddings.npy", images), ("product_embeddings.npy", products),
-                        ("thumbs.npy", thumbs)):
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-        staged.append((tmp, out / name))
-    tmp = out / ".meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    staged.append((tmp, out / "meta.json"))
-    for tmp, final in staged:
-        os.replace(tmp, final)
-
-
-def find_duplicates(index: Index, threshold: float | None, pixel_threshold: float = 0.98) -> list[dict]:
-    """Product pairs holding near-identical images.
-
-    An image pair counts when its pixel fingerprints match (>= pixel_threshold: works whatever
-    the model) or, when `threshold` is given, its embeddings' cosine reaches it. Random weights
-    give every image nearly the same embedding, so the builder passes None for them."""
-    sizes = np.diff(np.append(index.starts, len(index.image_files)))
-    product_of = np.repeat(np.arange(len(index.products)), sizes)
-    embed_sim = index.image_embeddings @ index.image_embeddings.T
-    pixel_sim = index.thumbs @ index.thumbs.T
-    similar = pixel_sim >= pixel_threshold
-    if threshold is not None:
-        similar |= embed_sim >= threshold
-    across = np.triu(product_of[:, None] != product_of[None, :], k=1)
-    pairs: dict[tuple[int, int], dict] = {}
-    for a, b in np.argwhere(similar & across):
-        pa, pb = int(product_of[a]), int(product_of[b])
-        entry = pairs.setdefault((pa, pb), {
-            "products": [index.products[pa], index.products[pb]], "image_pairs": 0,
-            "images": [int(sizes[pa]), int(sizes[pb])],
-            "max_embedding_cosine": 0.0, "max_pixel_similarity": 0.0})
-        entry["image_pairs"] += 1
-        entry["max_embedding_cosine"] = max(entry["max_embedding_cosine"], round(float(embed_sim[a, b]), 4))
-        entry["max_pixel_similarity"] = max(entry["max_pixel_similarity"], round(float(pixel_sim[a, b]), 4))
-    return sorted(pairs.values(), key=lambda e: -e["image_pairs"])
 
 
 def print_report(report: BuildReport, out: Path) -> None:
@@ -354,8 +291,12 @@ def print_report(report: BuildReport, out: Path) -> None:
           + (f", {report.embedded / report.seconds:.2f} images/s" if report.embedded else ""))
     for line in report.warnings:
         print(f"warning: {line}")
-    for line in report.skipped:
-        print(f"skipped: {line}")
+    if report.pipeline_changes:
+        print("background-removal pipeline changed: " + "; ".join(report.pipeline_changes))
+    if report.reembedded:
+        print("embedded because: " + ", ".join(f"{why} {n}" for why, n in report.reembedded.most_common()))
+    for entry in report.skipped:
+        print(f"skipped: {entry['image']}: {entry['reason']}")
     if report.duplicates:
         print("near-duplicate images across products:")
         for d in report.duplicates:
@@ -380,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--dup-threshold", type=float, default=0.97, help="embedding cosine for the duplicate report")
     build.add_argument("--bg-url", default=os.environ.get("BG_SERVICE_URL"),
                        help="use a running bg-removal service instead of the in-process pipeline")
+    build.add_argument("--bg-retries", type=int, default=5,
+                       help="retries per image for 429/5xx/timeouts/refused connections (exponential backoff)")
+    build.add_argument("--bg-timeout", type=float, default=60.0, help="seconds per request to --bg-url")
     info = sub.add_parser("info", help="describe an index")
     info.add_argument("--index", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -387,17 +331,22 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "info":
         index = Index.load(args.index)
-        meta = {k: v for k, v in index.meta.items() if k not in ("images", "products", "skipped")}
-        print(json.dumps({**meta, "products": len(index.products), "images": len(index.image_files)}, indent=1))
+        meta = {k: v for k, v in index.meta.items() if k != "skipped"}
+        print(json.dumps({**meta, "skipped": len(index.meta.get("skipped", []))}, indent=1))
         return 0
 
     from search.embedder import ClipEmbedder
-    from search.garments import LocalGarments, RemoteGarments
+    from search.garments import GarmentServiceError, LocalGarments, RemoteGarments
 
-    garments = RemoteGarments(args.bg_url) if args.bg_url else LocalGarments()
+    garments = (RemoteGarments(args.bg_url, timeout=args.bg_timeout, retries=args.bg_retries)
+                if args.bg_url else LocalGarments())
     embedder = ClipEmbedder(ClipSettings.from_env())
-    report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
-                         batch_size=args.batch_size, update=args.update, dup_threshold=args.dup_threshold)
+    try:
+        report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
+                             batch_size=args.batch_size, update=args.update, dup_threshold=args.dup_threshold)
+    except GarmentServiceError as exc:
+        print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
+        return 1
     print_report(report, args.out)
     return 0
 

@@ -144,7 +144,7 @@ def test_through_real_gunicorn(oracle_weights, street_url, synthetic_catalog, ti
         report = build_index(synthetic_catalog, tmp_path / "idx", tiny_embedder, RemoteGarments(base + "/"),
                              progress=False)
         assert report.embedded == report.images and not report.skipped
-        assert Index.load(tmp_path / "idx").meta["garment_pipeline"].startswith("bg-removal service at")
+        assert Index.load(tmp_path / "idx").meta["garment_service"].startswith("bg-removal service at")
     finally:
         stop(proc)
 

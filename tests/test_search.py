@@ -11,9 +11,14 @@ import requests
 from search.config import ClipSettings, SearchConfig
 from search.index import Index, IndexLoadError, build_index, pool
 from search.searcher import words
-from tests.conftest import PRODUCT_COLOURS, TINY, person_wearing, shared_data, start_gunicorn, stop
-
-
+from tests.conftest import (
+    PRODUCT_COLOURS,
+    TINY,
+    person_wearing,
+    shared_data,
+    start_gunicorn,
+    stop,
+)
 
 # ------------------------------------------------------------------ maths and embedder
 
@@ -29,27 +34,32 @@ def test_max_pooling_matches_numpy_by_hand():
 def test_index_vectors_are_the_pooled_normalised_image_vectors(synthetic_index):
     index = Index.load(synthetic_index)
     assert np.allclose(np.linalg.norm(index.image_embeddings, axis=1), 1.0, atol=1e-5)
-    for p, start in enumerate(index.starts):
-        count = index.meta["products"][p]["count"]
+    for p, (start, count) in enumerate(zip(index.starts, index.counts, strict=True)):
         rows = index.image_embeddings[start:start + count]
         by_hand = rows.max(axis=0) / np.linalg.norm(rows.max(axis=0))
         assert np.allclose(index.product_embeddings[p], by_hand, atol=1e-6)
 
 
+def set_meta(index_dir, **changes) -> None:
+    meta = json.loads((index_dir / "meta.json").read_text())
+    (index_dir / "meta.json").write_text(json.dumps({**meta, **changes}))
+
+
+def generation(index_dir):
+    return index_dir / json.loads((index_dir / "meta.json").read_text())["generation"]
+
+
 def test_score_max_pooling_scores_the_best_image(synthetic_index, tmp_path, tiny_embedder):
     target = tmp_path / "idx"
     shutil.copytree(synthetic_index, target)
-    meta = json.loads((target / "meta.json").read_text())
-    meta["pooling"] = "score-max"
-    (target / "meta.json").write_text(json.dumps(meta))
+    set_meta(target, pooling="score-max")
     index = Index.load(target)
     q = tiny_embedder.encode_texts(["red top"])[0]
-    scores, per_image = index.visual_scores(q)
+    scores = index.visual_scores(q)
     by_hand = index.image_embeddings @ q
-    for p, start in enumerate(index.starts):
-        count = index.meta["products"][p]["count"]
+    for p, (start, count) in enumerate(zip(index.starts, index.counts, strict=True)):
         assert scores[p] == pytest.approx(by_hand[start:start + count].max(), abs=1e-6)
-        assert index.best_image(p, per_image) == start + int(np.argmax(by_hand[start:start + count]))
+        assert index.best_image(p, q) == start + int(np.argmax(by_hand[start:start + count]))
 
 
 def test_truncated_text_encoding_equals_the_full_77_token_one(tiny_embedder):
@@ -104,26 +114,37 @@ def test_mismatched_model_is_refused(synthetic_index):
         Index.load(synthetic_index).check_compatible(same_names)
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "shape", "version"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated", "shape", "nan", "version", "meta",
+                                    "generation"])
 def test_broken_index_fails_readiness_with_a_clear_message(synthetic_index, tmp_path, tiny_embedder, damage):
     from search import create_app
 
     target = tmp_path / "idx"
     shutil.copytree(synthetic_index, target)
+    arrays = generation(target)
     if damage == "missing":
-        (target / "product_embeddings.npy").unlink()
+        (arrays / "product_embeddings.npy").unlink()
     elif damage == "corrupt":
-        (target / "image_embeddings.npy").write_bytes(b"garbage")
+        (arrays / "image_embeddings.npy").write_bytes(b"garbage")
+    elif damage == "truncated":
+        data = (arrays / "image_embeddings.npy").read_bytes()
+        (arrays / "image_embeddings.npy").write_bytes(data[:len(data) // 2])
     elif damage == "shape":
-        np.save(target / "product_embeddings.npy", np.zeros((2, 3), np.float32))
+        np.save(arrays / "product_embeddings.npy", np.zeros((2, 3), np.float32))
+    elif damage == "nan":
+        broken = np.load(arrays / "product_embeddings.npy")
+        broken[1, 0] = np.nan
+        np.save(arrays / "product_embeddings.npy", broken)
+    elif damage == "version":
+        set_meta(target, format_version=99)
+    elif damage == "meta":
+        (target / "meta.json").write_text("{not json")
     else:
-        meta = json.loads((target / "meta.json").read_text())
-        meta["format_version"] = 99
-        (target / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(arrays)
     app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(target)), embedder=tiny_embedder)
     client = app.test_client()
     ready = client.get("/readyz")
-    assert ready.status_code == 503 and "index" in ready.json["detail"]
+    assert ready.status_code == 503 and "index" in ready.json["detail"], ready.json
     response = client.post("/", json={"text": "red"})
     assert response.status_code == 503 and response.mimetype == "application/problem+json"
     assert "Traceback" not in response.get_data(as_text=True)
@@ -247,3 +268,84 @@ def test_through_real_gunicorn(synthetic_index, oracle_weights):
         assert requests.post(base + "/", json={"text": "x", "n": 0}, timeout=10).status_code == 400
     finally:
         stop(proc)
+
+
+# ------------------------------------------------------------------ bounded memory, paths
+
+
+def test_query_cache_keys_are_the_tokens_the_encoder_sees(search_app, client):
+    cache = search_app.extensions["searcher"].cache
+    huge = "pastel tunic " * 20000  # 240 KB
+    assert client.post("/", json={"text": huge}).status_code == 200
+    newest = cache.keys()[-1]
+    assert len(newest) <= 77 * 4  # int32 token ids, not 240 KB of text
+    hits = cache.hits
+    # Another text that differs only after the 77-token context is the same query to the encoder.
+    assert client.post("/", json={"text": huge + " and something else"}).status_code == 200
+    assert cache.hits == hits + 1
+
+
+def test_serving_maps_the_index_and_never_loads_builder_files(synthetic_index):
+    index = Index.load(synthetic_index)
+    for matrix in (index.image_embeddings, index.product_embeddings):
+        assert isinstance(matrix, np.memmap) and not matrix.flags.writeable
+    assert index.builder is None
+    with pytest.raises(RuntimeError, match="only loaded for building"):
+        index.thumbs  # noqa: B018 - the access itself must fail
+
+
+def test_a_relative_catalog_dir_is_resolved_once(synthetic_index, synthetic_catalog, tmp_path, tiny_embedder,
+                                                 monkeypatch):
+    from search import create_app
+
+    shutil.copytree(synthetic_catalog, tmp_path / "catalog")
+    shutil.copytree(synthetic_index, tmp_path / "index")
+    monkeypatch.chdir(tmp_path)
+    config = SearchConfig(clip=ClipSettings(**TINY), index_dir="index", catalog_dir="catalog")
+    assert config.catalog_dir == str(tmp_path / "catalog") and config.index_dir == str(tmp_path / "index")
+    client = create_app(config, embedder=tiny_embedder).test_client()
+    monkeypatch.chdir("/")  # a later change of directory does not matter any more
+    for result in client.post("/", json={"text": "red top", "n": 3}).json:
+        assert client.get(result["url"]).status_code == 200
+
+
+def test_an_index_moved_to_another_machine_serves_with_its_catalog(synthetic_index, synthetic_catalog, tmp_path,
+                                                                   tiny_embedder):
+    from search import create_app
+
+    shutil.copytree(synthetic_index, tmp_path / "index")
+    set_meta(tmp_path / "index", catalog_dir="/nonexistent/catalog")  # where it was built
+    moved = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(tmp_path / "index")),
+                       embedder=tiny_embedder).test_client()
+    ready = moved.get("/readyz")
+    assert ready.status_code == 503 and "SEARCH_CATALOG_DIR" in ready.json["detail"]
+
+    shutil.copytree(synthetic_catalog, tmp_path / "catalog")
+    served = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(tmp_path / "index"),
+                                     catalog_dir=str(tmp_path / "catalog")), embedder=tiny_embedder).test_client()
+    assert served.get("/readyz").status_code == 200
+    url = served.post("/", json={"text": "dress", "n": 1}).json[0]["url"]
+    assert served.get(url).status_code == 200
+
+
+def test_a_catalog_lacking_the_index_images_fails_readiness(synthetic_index, synthetic_catalog, tmp_path,
+                                                            tiny_embedder):
+    from search import create_app
+
+    shutil.copytree(synthetic_catalog, tmp_path / "catalog")
+    (tmp_path / "catalog" / "3-yellow-dress-shop-333" / "photo-0.jpg").unlink()
+    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index),
+                                  catalog_dir=str(tmp_path / "catalog")), embedder=tiny_embedder)
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 503
+    assert "lacks 1 of" in ready.json["detail"] and "3-yellow-dress-shop-333/photo-0.jpg" in ready.json["detail"]
+
+
+def test_name_index_scores_match_word_overlap(synthetic_index):
+    index = Index.load(synthetic_index)
+    text = "Red top, dark blouse!"
+    query = words(text)
+    by_hand = np.array([len(query & words(name)) / len(query) for name in index.products], np.float32)
+    assert np.array_equal(index.names.scores(text), by_hand)
+    assert not index.names.scores("12345 !!").any()
+    assert index.products.find("3-yellow-dress-shop-333") == 2 and index.products.find("nope") is None

@@ -1,0 +1,350 @@
+"""The index on disk, and loaded for serving without copying it into each worker.
+
+Layout of an index folder:
+
+    meta.json        small: identities, pooling, counts, catalog, skipped images; names the generation
+    gen-<id>/        the arrays of one build, all .npy (memory-mappable):
+        image_embeddings.npy     [images, dim] float32, normalised, rows grouped by product
+        product_embeddings.npy   [products, dim] float32, one pooled row per product
+        product_starts.npy       [products + 1] int64, first image row of each product (+ total)
+        product_names.*.npy      product names (= folder names), sorted, as UTF-8 + offsets
+        image_files.*.npy        each image row's file name inside its product folder
+        name_words.*.npy, name_postings*.npy   product-name words -> products (for the name score)
+        image_sha256.npy, image_sources.npy, thumbs.npy   only the builder reads these (--update,
+                                                          duplicate report); serving never maps them
+
+A build writes a new generation folder, then replaces meta.json in one atomic rename: a crash or a
+failed build leaves the previous index whole, and a worker that loads meanwhile sees either the old
+or the new index, never a mix. The previous generation is kept for workers that still map it.
+
+Serving maps every array read-only (`np.load(mmap_mode="r")`): the operating system shares those
+pages between all gunicorn workers, and no per-product Python object is created (names are decoded
+only for the results of a query).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 2
+POOLINGS = ("max", "mean", "score-max")
+SOURCES = ("garment", "product")  # which branch of the bg pipeline made an image's mask
+WORD = re.compile(r"[^\W\d_]+")  # letters only: drops the numeric prefix and id of folder names
+FINITE_CHECK_ROWS = 65536  # rows per block when checking for NaN/inf: bounded temporary memory
+PROBE_MIN_COSINE = 0.999
+
+
+class IndexLoadError(Exception):
+    """The index is missing, corrupt or built with another model (message says which)."""
+
+
+def words(text: str) -> set[str]:
+    return {w for w in WORD.findall(text.lower()) if len(w) > 1}
+
+
+class StringTable(Sequence):
+    """Strings stored as one UTF-8 byte array plus offsets: memory-mappable, no Python object per
+    entry. `find` is a binary search and needs the strings sorted (the builder sorts them)."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray):
+        self.blob, self.offsets = blob, offsets
+
+    @staticmethod
+    def arrays(strings: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = [s.encode("utf-8") for s in strings]
+        offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        blob = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
+        return blob, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return bytes(self.blob[self.offsets[i]:self.offsets[i + 1]]).decode("utf-8")
+
+    def find(self, value: str) -> int | None:
+        """Row of `value` in a sorted table, or None."""
+        row = bisect.bisect_left(range(len(self)), value, key=self.__getitem__)
+        return row if row < len(self) and self[row] == value else None
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, str) and self.find(value) is not None
+
+
+class NameIndex:
+    """Which products have each word in their name: sorted words, CSR postings."""
+
+    def __init__(self, vocabulary: StringTable, offsets: np.ndarray, products: np.ndarray, n_products: int):
+        self.vocabulary, self.offsets, self.products, self.n_products = vocabulary, offsets, products, n_products
+
+    @staticmethod
+    def arrays(names: Sequence[str]) -> dict[str, np.ndarray]:
+        postings: dict[str, list[int]] = {}
+        for row, name in enumerate(names):
+            for word in words(name):
+                postings.setdefault(word, []).append(row)
+        vocabulary = sorted(postings)
+        offsets = np.zeros(len(vocabulary) + 1, np.int64)
+        np.cumsum([len(postings[w]) for w in vocabulary], out=offsets[1:])
+        flat = [row for w in vocabulary for row in postings[w]]
+        blob, word_offsets = StringTable.arrays(vocabulary)
+        return {"name_words.utf8": blob, "name_words.offsets": word_offsets,
+                "name_postings.offsets": offsets, "name_postings": np.asarray(flat, np.int32)}
+
+    def scores(self, text: str) -> np.ndarray:
+        """Share of the query's words that appear in each product's name (0..1), float32."""
+        query = words(text)
+        counts = np.zeros(self.n_products, np.float32)
+        for word in query:
+            row = self.vocabulary.find(word)
+            if row is not None:
+                counts[self.products[self.offsets[row]:self.offsets[row + 1]]] += 1.0
+        return counts / len(query) if query else counts
+
+
+# --------------------------------------------------------------------------- loading
+
+SERVING_ARRAYS = ("image_embeddings", "product_embeddings", "product_starts", "product_names.utf8",
+                  "product_names.offsets", "image_files.utf8", "image_files.offsets", "name_words.utf8",
+                  "name_words.offsets", "name_postings.offsets", "name_postings")
+BUILDER_ARRAYS = ("image_sha256", "image_sources", "thumbs")
+
+
+def _all_finite(matrix: np.ndarray, rows: slice | None = None) -> bool:
+    """NaN/inf check in blocks, so a memory-mapped matrix is never copied whole."""
+    stop = matrix.shape[0]
+    for start in range(0, stop, FINITE_CHECK_ROWS):
+        if not np.isfinite(matrix[start:start + FINITE_CHECK_ROWS]).all():
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Index:
+    directory: Path
+    meta: dict
+    image_embeddings: np.ndarray  # [images, dim], memory-mapped, grouped by product
+    product_embeddings: np.ndarray  # [products, dim], memory-mapped
+    product_starts: np.ndarray  # [products + 1]
+    products: StringTable  # product names, sorted
+    image_files: StringTable  # file name of each image row
+    names: NameIndex
+    builder: dict | None = None  # image_sha256, image_sources, thumbs: only when loaded for building
+
+    @property
+    def pooling(self) -> str:
+        return self.meta["pooling"]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.product_starts)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.product_starts[:-1]
+
+    @property
+    def thumbs(self) -> np.ndarray:
+        if self.builder is None:
+            raise RuntimeError("thumbs are only loaded for building (Index.load(..., for_building=True))")
+        return self.builder["thumbs"]
+
+    def image_rows(self, product: int) -> range:
+        return range(int(self.product_starts[product]), int(self.product_starts[product + 1]))
+
+    def image_relpath(self, row: int, product: int | None = None) -> str:
+        if product is None:
+            product = int(np.searchsorted(self.product_starts, row, side="right")) - 1
+        return f"{self.products[product]}/{self.image_files[row]}"
+
+    def find_image(self, product_name: str, file: str) -> int | None:
+        """Row of that image if the index lists it (the only files /images/ may serve)."""
+        product = self.products.find(product_name)
+        if product is None:
+            return None
+        return next((row for row in self.image_rows(product) if self.image_files[row] == file), None)
+
+    def check_compatible(self, identity: dict) -> None:
+        """Refuse an index whose vectors came from other weights than the ones loaded now."""
+        built = self.meta.get("embedder", {})
+        for key in ("model", "pretrained", "seed"):
+            if built.get(key) != identity.get(key):
+                raise IndexLoadError(
+                    f"index was built with {key}={built.get(key)!r} but the service runs "
+                    f"{key}={identity.get(key)!r}; rebuild the index or fix CLIP_MODEL/CLIP_PRETRAINED"
+                )
+        old, new = np.asarray(built.get("probe") or [], np.float32), np.asarray(identity["probe"], np.float32)
+        # Same names, other weights (a retrained file, another seed): the probe text's embedding
+        # moves. Compared by cosine so float noise between CPUs does not matter.
+        if old.shape != new.shape or float(old @ new) < PROBE_MIN_COSINE:
+            raise IndexLoadError(
+                "index was built with different weights (probe embedding differs); rebuild the index"
+            )
+
+    def visual_scores(self, query: np.ndarray) -> np.ndarray:
+        """Cosine score of every product. score-max takes each product's best image (reads every
+        image row); max and mean read one pooled row per product."""
+        if self.pooling == "score-max":
+            return np.maximum.reduceat(self.image_embeddings @ query, self.starts)
+        return self.product_embeddings @ query
+
+    def best_image(self, product: int, query: np.ndarray) -> int:
+        """Row of the product's image that matches the query best (asked only for the top n)."""
+        rows = self.image_rows(product)
+        return rows.start + int(np.argmax(self.image_embeddings[rows.start:rows.stop] @ query))
+
+    def with_pooling(self, method: str, product_embeddings: np.ndarray) -> Index:
+        return replace(self, meta={**self.meta, "pooling": method}, product_embeddings=product_embeddings)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, for_building: bool = False) -> Index:
+        directory = Path(directory)
+        meta_path = directory / "meta.json"
+        if not meta_path.is_file():
+            raise IndexLoadError(f"index at {directory} is missing meta.json; build it with "
+                                 "`python -m search.index build --catalog DIR --out DIR`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise IndexLoadError(f"index at {directory} is corrupt: meta.json: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            found = meta.get("format_version") if isinstance(meta, dict) else None
+            raise IndexLoadError(f"index format {found!r} is not {FORMAT_VERSION}; rebuild it with "
+                                 "`python -m search.index build`")
+        generation = directory / str(meta.get("generation", ""))
+        if not meta.get("generation") or not generation.is_dir():
+            raise IndexLoadError(f"index at {directory} is missing its arrays folder {generation.name!r}")
+        arrays = {}
+        for name in SERVING_ARRAYS + (BUILDER_ARRAYS if for_building else ()):
+            path = generation / f"{name}.npy"
+            if not path.is_file():
+                raise IndexLoadError(f"index at {directory} is missing {generation.name}/{path.name}")
+            try:
+                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise IndexLoadError(f"index at {directory} is corrupt: {path.name}: {exc}") from None
+        try:
+            index = cls._assemble(directory, meta, arrays, for_building)
+        except (KeyError, TypeError, IndexError, ValueError, UnicodeDecodeError) as exc:
+            raise IndexLoadError(f"index at {directory} is corrupt: arrays and metadata disagree ({exc})") from None
+        return index
+
+    @classmethod
+    def _assemble(cls, directory: Path, meta: dict, a: dict, for_building: bool) -> Index:
+        images, products, starts = a["image_embeddings"], a["product_embeddings"], a["product_starts"]
+        n_products, n_images = int(meta["products"]), int(meta["images"])
+        ok = (
+            images.ndim == 2 and products.ndim == 2 and images.shape == (n_images, products.shape[1])
+            and products.shape[0] == n_products > 0
+            and images.dtype == products.dtype == np.float32
+            and starts.shape == (n_products + 1,) and starts[0] == 0 and starts[-1] == n_images
+            and bool((np.diff(starts) > 0).all()) and meta["pooling"] in POOLINGS
+            and len(a["product_names.offsets"]) == n_products + 1 and len(a["image_files.offsets"]) == n_images + 1
+        )
+        if for_building:
+            ok = ok and a["thumbs"].shape[0] == n_images and a["image_sha256"].shape == (n_images, 32) \
+                and a["image_sources"].shape == (n_images,)
+        if not ok:
+            raise ValueError("shapes or types")
+        # Product rows are scored by every query: check all of them. Image rows are only read for
+        # the top results; their ends catch truncation and garbage without reading 10 GB per start.
+        edges = images[:FINITE_CHECK_ROWS], images[-FINITE_CHECK_ROWS:]
+        if not (_all_finite(products) and all(np.isfinite(e).all() for e in edges)):
+            raise ValueError("NaN or infinite values")
+        names = NameIndex(StringTable(a["name_words.utf8"], a["name_words.offsets"]),
+                          a["name_postings.offsets"], a["name_postings"], n_products)
+        builder = {k: a[k] for k in BUILDER_ARRAYS} if for_building else None
+        return cls(directory, meta, images, products, starts,
+                   StringTable(a["product_names.utf8"], a["product_names.offsets"]),
+                   StringTable(a["image_files.utf8"], a["image_files.offsets"]), names, builder)
+
+    def missing_images(self, catalog: Path, limit: int = 5) -> tuple[int, list[str]]:
+        """How many of the index's images are not files under `catalog`, and the first few."""
+        missing, examples = 0, []
+        for product in range(len(self.products)):
+            folder = catalog / self.products[product]
+            for row in self.image_rows(product):
+                if not os.path.isfile(folder / self.image_files[row]):
+                    missing += 1
+                    if len(examples) < limit:
+                        examples.append(f"{self.products[product]}/{self.image_files[row]}")
+        return missing, examples
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class IndexArrays:
+    """One build's content, rows of images grouped by product, products sorted by name."""
+
+    image_embeddings: np.ndarray
+    product_embeddings: np.ndarray
+    counts: Sequence[int]
+    product_names: Sequence[str]
+    image_files: Sequence[str]
+    image_sha256: Sequence[str]  # hex digests
+    image_sources: Sequence[str]  # SOURCES
+    thumbs: np.ndarray
+
+
+def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations: int = 2) -> dict:
+    """Write a new generation, then switch meta.json to it atomically; returns the meta written."""
+    names = list(content.product_names)
+    if names != sorted(names) or len(set(names)) != len(names):
+        raise ValueError("product names must be unique and sorted")
+    out.mkdir(parents=True, exist_ok=True)
+    generation = f"gen-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    folder = out / generation
+    folder.mkdir()
+    starts = np.zeros(len(names) + 1, np.int64)
+    np.cumsum(content.counts, out=starts[1:])
+    arrays = {
+        "image_embeddings": content.image_embeddings, "product_embeddings": content.product_embeddings,
+        "product_starts": starts, "thumbs": content.thumbs.astype(np.float32, copy=False),
+        "image_sha256": np.frombuffer(b"".join(bytes.fromhex(h) for h in content.image_sha256),
+                                      np.uint8).reshape(-1, 32),
+        "image_sources": np.array([SOURCES.index(s) for s in content.image_sources], np.uint8),
+        **NameIndex.arrays(names),
+    }
+    for prefix, strings in (("product_names", names), ("image_files", content.image_files)):
+        arrays[f"{prefix}.utf8"], arrays[f"{prefix}.offsets"] = StringTable.arrays(strings)
+    for name, array in arrays.items():
+        with open(folder / f"{name}.npy", "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+    meta = {"format_version": FORMAT_VERSION, "generation": generation, **meta,
+            "products": len(names), "images": int(starts[-1])}
+    staged = out / ".meta.json.tmp"
+    with open(staged, "w") as fh:
+        json.dump(meta, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(staged, out / "meta.json")  # the switch: one atomic rename
+    _drop_old_generations(out, keep_generations)
+    return meta
+
+
+def _drop_old_generations(out: Path, keep: int) -> None:
+    """Remove all but the newest `keep` generation folders (workers may still map the previous one)."""
+    generations = sorted((p for p in out.glob("gen-*") if p.is_dir()), key=lambda p: p.name)
+    for old in generations[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

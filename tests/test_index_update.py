@@ -1,0 +1,264 @@
+"""The indexer never silently drops an image, and --update re-embeds exactly what a change affects."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from werkzeug.serving import make_server
+
+from search.garments import GarmentServiceError, LocalGarments, RemoteGarments
+from search.index import Index, build_index
+
+FLAT_LAY = "8-grey-flat-lay-888"
+
+
+def snapshot(index_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(index_dir)): p.read_bytes() for p in sorted(index_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, synthetic_catalog) -> Path:
+    """The synthetic catalog plus a flat-lay: a dark, unsaturated garment and no person, so its
+    mask comes from the product matte (source "product") instead of a person's garment."""
+    root = tmp_path_factory.mktemp("catalog_update") / "catalog"
+    shutil.copytree(synthetic_catalog, root)
+    (root / FLAT_LAY).mkdir()
+    picture = Image.new("RGB", (240, 320), (235, 235, 235))
+    ImageDraw.Draw(picture).rectangle((60, 60, 180, 260), fill=(50, 50, 50))
+    picture.save(root / FLAT_LAY / "flat.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, catalog, tiny_embedder, bg_pipeline) -> Path:
+    out = tmp_path_factory.mktemp("built") / "idx"
+    report = build_index(catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False)
+    assert report.embedded == report.images and not report.skipped
+    return out
+
+
+def fresh_copy(built: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "idx"
+    shutil.copytree(built, target)
+    return target
+
+
+def sources(index_dir: Path) -> dict[str, str]:
+    index = Index.load(index_dir, for_building=True)
+    return {index.image_relpath(row): ("garment", "product")[int(code)]
+            for row, code in enumerate(index.builder["image_sources"])}
+
+
+class ServedApp:
+    """A WSGI app on 127.0.0.1 in a thread (werkzeug's server), stopped by `close()`."""
+
+    def __init__(self, app):
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+class Faults:
+    """WSGI middleware in front of the real bg-removal app: answers the first `count` POSTs with
+    `status` (or sleeps `delay` s first), and 422 for bodies containing `refuse_marker`."""
+
+    def __init__(self, app, status: int | None = None, count: int = 0, delay: float = 0.0):
+        self.app, self.status, self.count, self.delay = app, status, count, delay
+        self.posts = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ["REQUEST_METHOD"] == "POST":
+            with self.lock:
+                self.posts += 1
+                failing = self.status is not None and self.posts <= self.count
+            if self.delay:
+                time.sleep(self.delay)
+            if failing:
+                body = json.dumps({"title": "injected", "status": self.status, "detail": "injected failure"}).encode()
+                start_response(f"{self.status} Injected", [("Content-Type", "application/problem+json"),
+                                                          ("Retry-After", "0"), ("Content-Length", str(len(body)))])
+                return [body]
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def bg_service(bg_app):
+    served = []
+
+    def start(**faults) -> tuple[str, Faults]:
+        middleware = Faults(bg_app.wsgi_app, **faults)
+        app = ServedApp(middleware)
+        served.append(app)
+        return app.url, middleware
+
+    yield start
+    for app in served:
+        app.close()
+
+
+# ------------------------------------------------------------------ --update honesty
+
+
+def test_update_with_nothing_changed_reembeds_nothing(built, tmp_path, catalog, tiny_embedder, bg_pipeline):
+    out = fresh_copy(built, tmp_path)
+    report = build_index(catalog, out, tiny_embedder, LocalGarments(bg_pipeline), update=True, progress=False)
+    assert report.embedded == 0 and report.reused == report.images
+    assert not report.pipeline_changes
+
+
+@pytest.mark.parametrize("setting,value", [("garment_threshold", 0.6), ("person_threshold", 0.4),
+                                           ("working_max_side", 512)])
+def test_a_changed_setting_reembeds_what_it_affects(built, tmp_path, catalog, tiny_embedder, bg_models, setting,
+                                                    value):
+    from bgremoval.pipeline import GarmentPipeline
+
+    out = fresh_copy(built, tmp_path)
+    changed = GarmentPipeline(bg_models, replace(bg_pipeline_settings(), **{setting: value}))
+    report = build_index(catalog, out, tiny_embedder, LocalGarments(changed), update=True, progress=False)
+    by_source = sources(built)
+    if setting == "garment_threshold":  # only masks of a person's garment depend on it
+        expected = sum(s == "garment" for s in by_source.values())
+    else:  # person model settings and the working size decide every mask
+        expected = len(by_source)
+    assert report.embedded == expected and report.reused == report.images - expected
+    assert report.reembedded == {"pipeline changed": expected}
+    assert any(change.endswith(f"{setting}: {getattr(bg_pipeline_settings(), setting)!r} -> {value!r}")
+               for change in report.pipeline_changes), report.pipeline_changes
+
+
+def bg_pipeline_settings():
+    from bgremoval.config import PipelineSettings
+
+    return PipelineSettings()
+
+
+def test_another_product_model_reembeds_only_flat_lays(built, tmp_path, catalog, tiny_embedder, bg_models,
+                                                       monkeypatch):
+    from bgremoval.config import BgConfig
+    from bgremoval.models import MATTE_INPUTS, open_session
+    from bgremoval.pipeline import GarmentPipeline
+    from tests.oracle_models import product_matte
+
+    weights = tmp_path / "other_weights"
+    weights.mkdir()
+    import onnx
+
+    onnx.save(product_matte(extra_layers=1), str(weights / "isnet-general-use.onnx"))
+    monkeypatch.setenv("U2NET_HOME", str(weights))
+    other_product = open_session("isnet-general-use", MATTE_INPUTS, BgConfig(weights_dir=str(weights)))
+    pipeline = GarmentPipeline(replace(bg_models, product=other_product))
+    out = fresh_copy(built, tmp_path)
+    report = build_index(catalog, out, tiny_embedder, LocalGarments(pipeline), update=True, progress=False)
+    flat_lays = [path for path, source in sources(built).items() if source == "product"]
+    assert flat_lays == [f"{FLAT_LAY}/flat.png"]
+    assert report.embedded == 1 and report.reused == report.images - 1
+    assert any(c.startswith("product.product_model.sha256") for c in report.pipeline_changes)
+
+
+def test_switching_between_in_process_and_service_reembeds_nothing(built, tmp_path, catalog, tiny_embedder,
+                                                                   bg_pipeline, bg_service):
+    url, _ = bg_service()
+    remote = RemoteGarments(url, retries=1, backoff=0.01)
+    assert remote.identity == LocalGarments(bg_pipeline).identity  # GET /pipeline
+    out = fresh_copy(built, tmp_path)
+    to_remote = build_index(catalog, out, tiny_embedder, remote, update=True, progress=False)
+    assert to_remote.embedded == 0 and to_remote.reused == to_remote.images
+    back = build_index(catalog, out, tiny_embedder, LocalGarments(bg_pipeline), update=True, progress=False)
+    assert back.embedded == 0 and back.reused == back.images
+
+
+def test_service_and_in_process_builds_give_the_same_index(built, tmp_path, catalog, tiny_embedder, bg_service):
+    url, _ = bg_service()
+    out = tmp_path / "remote"
+    report = build_index(catalog, out, tiny_embedder, RemoteGarments(url, retries=1, backoff=0.01), progress=False)
+    assert report.embedded == report.images
+    local, remote = Index.load(built), Index.load(out)
+    assert list(local.products) == list(remote.products)
+    assert np.abs(local.image_embeddings - remote.image_embeddings).max() <= 1e-5
+    assert sources(built) == sources(out)
+
+
+# ------------------------------------------------------------------ the service failing
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_transient_service_errors_are_retried(tmp_path, catalog, tiny_embedder, bg_service, status):
+    url, faults = bg_service(status=status, count=3)
+    report = build_index(catalog, tmp_path / "idx", tiny_embedder, RemoteGarments(url, retries=3, backoff=0.01),
+                         progress=False)
+    assert report.embedded == report.images and not report.skipped
+    assert faults.posts == report.images + 3  # three failed attempts, each retried
+
+
+@pytest.mark.parametrize("fault", ["503-forever", "refused", "timeout", "404", "400"])
+def test_a_failing_service_stops_the_build_and_keeps_the_previous_index(built, tmp_path, catalog, tiny_embedder,
+                                                                         bg_service, fault):
+    out = fresh_copy(built, tmp_path)
+    before = snapshot(out)
+    if fault == "refused":
+        url, faults = bg_service()
+        url = "http://127.0.0.1:9/"  # discard port: nothing listens
+    elif fault == "timeout":
+        url, faults = bg_service(delay=1.5)
+    else:
+        status = int(fault.split("-")[0])
+        url, faults = bg_service(status=status, count=10**6)
+    remote = RemoteGarments(url, retries=2, backoff=0.01, timeout=0.5)
+    remote._identity = RemoteGarments(bg_service()[0]).identity  # so that the failures hit the images
+    with pytest.raises(GarmentServiceError) as caught:
+        build_index(catalog, out, tiny_embedder, remote, update=False, progress=False)
+    message = str(caught.value)
+    assert "bg-removal service" in message
+    if fault in ("503-forever",):
+        assert "503" in message and "after 2 retries" in message
+        assert faults.posts == 3  # first try + 2 retries, then the build stopped
+    if fault in ("404", "400"):
+        assert faults.posts == 1  # not transient: no retry
+    assert snapshot(out) == before  # the previous index is untouched
+    Index.load(out)
+
+
+def test_no_garment_is_the_only_skip_and_it_is_listed(tmp_path, catalog, tiny_embedder, bg_service):
+    url, _ = bg_service()
+    blank = Image.new("RGB", (200, 200), (240, 240, 240))
+    mixed = tmp_path / "catalog"
+    shutil.copytree(catalog, mixed)
+    blank.save(mixed / "1-red-top-shop-111" / "blank.png")
+    (mixed / "1-red-top-shop-111" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    report = build_index(mixed, tmp_path / "idx", tiny_embedder, RemoteGarments(url, retries=1, backoff=0.01),
+                         progress=False)
+    reasons = {entry["image"]: entry["reason"] for entry in report.skipped}
+    assert set(reasons) == {"1-red-top-shop-111/blank.png", "1-red-top-shop-111/broken.jpg"}
+    assert reasons["1-red-top-shop-111/blank.png"].startswith("no garment: ")
+    assert reasons["1-red-top-shop-111/broken.jpg"].startswith("unreadable: ")
+    assert report.embedded == report.images - 2
+    assert Index.load(tmp_path / "idx").meta["skipped"] == report.skipped
+
+
+def test_cli_reports_a_failed_service_and_exits_non_zero(built, tmp_path, catalog, bg_service, monkeypatch, capsys):
+    from search import index as index_cli
+    from tests.conftest import TINY
+
+    url, _ = bg_service(status=503, count=10**6)
+    out = fresh_copy(built, tmp_path)
+    before = snapshot(out)
+    monkeypatch.setenv("CLIP_MODEL", TINY["model"])
+    monkeypatch.setenv("CLIP_PRETRAINED", "")
+    monkeypatch.setenv("CLIP_CONFIG_DIR", TINY["extra_config_dir"])
+    code = index_cli.main(["build", "--catalog", str(catalog), "--out", str(out), "--bg-url", url,
+                           "--bg-retries", "1", "--bg-timeout", "5"])
+    err = capsys.readouterr().err
+    assert code == 1 and "503" in err and "left as it was" in err
+    assert snapshot(out) == before

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import mmap
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ POOLINGS = ("max", "mean", "score-max")
 SOURCES = ("garment", "product")  # which branch of the bg pipeline made an image's mask
 WORD = re.compile(r"[^\W\d_]+")  # letters only: drops the numeric prefix and id of folder names
 FINITE_CHECK_ROWS = 65536  # rows per block when checking for NaN/inf: bounded temporary memory
+EDGE_CHECK_ROWS = 1024  # image rows checked at each end of the matrix at load
 PROBE_MIN_COSINE = 0.999
 
 
@@ -127,13 +129,19 @@ SERVING_ARRAYS = ("image_embeddings", "product_embeddings", "product_starts", "p
 BUILDER_ARRAYS = ("image_sha256", "image_sources", "thumbs")
 
 
-def _all_finite(matrix: np.ndarray, rows: slice | None = None) -> bool:
-    """NaN/inf check in blocks, so a memory-mapped matrix is never copied whole."""
-    stop = matrix.shape[0]
-    for start in range(0, stop, FINITE_CHECK_ROWS):
-        if not np.isfinite(matrix[start:start + FINITE_CHECK_ROWS]).all():
-            return False
-    return True
+def _advise(array: np.ndarray, advice: int) -> None:
+    """madvise a memory-mapped array (where the platform has it)."""
+    region = getattr(array, "_mmap", None)
+    if region is not None and hasattr(region, "madvise"):
+        region.madvise(advice)
+
+
+def _all_finite(matrix: np.ndarray) -> bool:
+    """NaN/inf check a block of rows at a time, through sums (a NaN or inf makes its block's sum
+    non-finite): no temporary array, so a memory-mapped matrix is never copied, and no large
+    malloc/free that would raise glibc's mmap threshold and strand freed model memory in the heap."""
+    return all(np.isfinite(matrix[start:start + FINITE_CHECK_ROWS].sum(dtype=np.float64))
+               for start in range(0, matrix.shape[0], FINITE_CHECK_ROWS))
 
 
 @dataclass(frozen=True)
@@ -265,9 +273,12 @@ class Index:
             raise ValueError("shapes or types")
         # Product rows are scored by every query: check all of them. Image rows are only read for
         # the top results; their ends catch truncation and garbage without reading 10 GB per start.
-        edges = images[:FINITE_CHECK_ROWS], images[-FINITE_CHECK_ROWS:]
-        if not (_all_finite(products) and all(np.isfinite(e).all() for e in edges)):
+        edges = images[:EDGE_CHECK_ROWS], images[-EDGE_CHECK_ROWS:]
+        if not (_all_finite(products) and all(_all_finite(e) for e in edges)):
             raise ValueError("NaN or infinite values")
+        # Image rows are read a few at a time (the best image of each result): on a cold page
+        # cache, read the rows a query needs instead of a readahead window around each.
+        _advise(images, getattr(mmap, "MADV_RANDOM", 0))
         names = NameIndex(StringTable(a["name_words.utf8"], a["name_words.offsets"]),
                           a["name_postings.offsets"], a["name_postings"], n_products)
         builder = {k: a[k] for k in BUILDER_ARRAYS} if for_building else None

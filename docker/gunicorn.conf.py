@@ -17,7 +17,10 @@ keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "200"))
 # No preload: torch and onnxruntime thread pools do not survive fork safely; each worker loads
-# its own models after fork.
+# its own models after fork, inside the app factory, before gunicorn lets it accept connections.
+# So a recycled or reloaded (SIGHUP) worker takes no request until it is ready: meanwhile the
+# other workers serve, or requests wait in the listen backlog. A worker must finish loading
+# within `timeout`.
 preload_app = False
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "0") == "1" else None
 errorlog = "-"

@@ -126,8 +126,9 @@ def main() -> int:
         print(f"ready in {time.perf_counter() - started:.1f} s (every worker loads and checks the catalog)")
         try:
             latencies, words = [], np.random.default_rng(1).choice(WORDS, (args.queries, 3))
+            session = threading.local()  # one keep-alive connection per client thread
 
-            def query(i: int, session=threading.local()) -> None:
+            def query(i: int) -> None:
                 session.http = getattr(session, "http", None) or requests.Session()
                 t = time.perf_counter()
                 response = session.http.post(base + "/", json={"text": " ".join(words[i]) + f" {i}", "n": 10},

@@ -17,9 +17,11 @@ def create_app(config: BgConfig | None = None, *, models=None) -> Flask:
 
     def load(app: Flask) -> str:
         from bgremoval.models import load_models
+        from shared.budget import PixelBudget
 
         loaded = models if models is not None else load_models(config)
         app.extensions["bg_pipeline"] = GarmentPipeline(loaded, config.pipeline)
+        app.extensions["pixel_budget"] = PixelBudget(config.max_inflight_mp, config.inflight_wait_s)
         return f"models: {loaded.person.name}, {loaded.cloth.name}, {loaded.product.name}"
 
     return create_service_app(

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from bgremoval.pipeline import GARMENT_CLASSES, GarmentPipeline, with_alpha
+from bgremoval.pipeline import GARMENT_CLASSES, GarmentPipeline
 from shared.errors import BadRequest, UnsupportedMediaType
 from shared.fetch import fetch_url
-from shared.images import decode_image, encode_image
+from shared.images import decode_opened, encode_image, open_image
 from shared.web import json_object_body, reject_unknown_fields, stage_timings
 
 bp = Blueprint("bgremoval", __name__)
@@ -74,7 +74,8 @@ def _read_request() -> tuple[bytes, Options]:
         return upload.read(), parse_options(request.form.to_dict())
     if mimetype.startswith("image/"):
         reject_unknown_fields(request.args.to_dict(), OPTION_FIELDS)
-        return request.get_data(), parse_options(request.args.to_dict())
+        # Not cached on the request object: the handler drops the body once it is decoded.
+        return request.get_data(cache=False), parse_options(request.args.to_dict())
     raise UnsupportedMediaType(
         "Send JSON {\"url\": ...}, a multipart form with a 'file' field, or a raw image/* body "
         f"(got Content-Type {mimetype or 'none'!r})."
@@ -87,20 +88,24 @@ def remove_background() -> Response:
     config = current_app.config["BG"]
     pipeline: GarmentPipeline = current_app.extensions["bg_pipeline"]
     data, options = _read_request()
+    opened = open_image(data, max_pixels=config.max_pixels)  # header only: 413/415/422 before any pixel
+    del data  # the opened image holds the bytes until it is decoded
+    # Memory grows with pixels: reserve them from this worker's budget (503 + Retry-After past it).
+    with current_app.extensions["pixel_budget"].reserve(opened.pixels):
+        start = time.perf_counter()
+        decoded = decode_opened(opened)
+        del opened
+        stage_timings()["decode"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    decoded = decode_image(data, max_pixels=config.max_pixels)
-    stage_timings()["decode"] = time.perf_counter() - start
+        picture, result = pipeline.cut_out(decoded, options.classes, options.background,
+                                           mask_as_alpha=options.format == "png")
+        del decoded  # the input is not needed any more: free it before encoding
+        stage_timings().update(result.timings)
 
-    picture, result = pipeline.cut_out(decoded, options.classes, options.background)
-    stage_timings().update(result.timings)
-
-    start = time.perf_counter()
-    if options.format == "png":
-        payload = encode_image(with_alpha(picture, result.mask), "png")
-    else:
-        payload = encode_image(picture, "jpeg", jpeg_quality=config.jpeg_quality)
-    stage_timings()["encode"] = time.perf_counter() - start
+        start = time.perf_counter()
+        payload = encode_image(picture, options.format, jpeg_quality=config.jpeg_quality)
+        del picture
+        stage_timings()["encode"] = time.perf_counter() - start
     response = Response(payload, mimetype=FORMATS[options.format])
     response.headers["X-Mask-Source"] = result.source
     return response

@@ -57,6 +57,11 @@ class BgConfig:
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_body_bytes: int = 20 * 1024 * 1024
+    # Megapixels one worker processes at once (<= 9 MB of memory each); past it a request waits
+    # up to inflight_wait_s, then gets 503 + Retry-After. 48 = one photo at the 40 MP cap plus
+    # small ones beside it.
+    max_inflight_mp: float = 48.0
+    inflight_wait_s: float = 10.0
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
 
     @classmethod
@@ -70,5 +75,7 @@ class BgConfig:
             jpeg_quality=int(env.get("BG_JPEG_QUALITY", cls.jpeg_quality)),
             max_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_pixels)),
             max_body_bytes=int(env.get("MAX_BODY_BYTES", cls.max_body_bytes)),
+            max_inflight_mp=float(env.get("BG_MAX_INFLIGHT_MP", cls.max_inflight_mp)),
+            inflight_wait_s=float(env.get("BG_INFLIGHT_WAIT_S", cls.inflight_wait_s)),
             fetch=FetchPolicy.from_env(env),
         )

@@ -101,7 +101,7 @@ def evaluate(data: Path, out_dir: Path, limit: int | None, worst: int) -> list[R
         if cloth is not None:
             garment_truth = np.isin(labels, garment_ids)
             try:
-                mask = pipeline.garment_mask(photo).mask > 0.5
+                mask = pipeline.garment_mask(photo).mask > 127
             except NoGarmentFound as exc:
                 mask, row.note = np.zeros_like(garment_truth), exc.detail
             row.garment_iou = iou(mask, garment_truth)
@@ -118,7 +118,8 @@ def evaluate(data: Path, out_dir: Path, limit: int | None, worst: int) -> list[R
         ranked = sorted((r for r in rows if r.garment_iou is not None), key=lambda r: r.garment_iou)
         for r in ranked[:worst]:
             photo, truth, mask = pictures[r.image]
-            picture = side_by_side(photo, truth, mask, composite(photo, mask.astype(np.float32), (0, 0, 0)))
+            picture = side_by_side(photo, truth, mask,
+                                   composite(photo, Image.fromarray(mask.astype(np.uint8) * 255, "L"), (0, 0, 0)))
             picture.save(out_dir / f"worst_{r.garment_iou:.3f}_{r.image}.jpg", quality=90)
         print(f"worst {min(worst, len(ranked))} cases saved to {out_dir}/ (photo | truth | prediction | output)")
     return rows

@@ -114,6 +114,10 @@ def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig) -> Mo
     options.intra_op_num_threads = config.ort_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # No CPU memory arena: with it, each session keeps its largest activations for good (U^2-Net
+    # cloth at 768 px: 3.1 GB resident after two runs, vs ~0.5 GB without, at the same speed), so a
+    # worker's memory would be the peak of every model times every thread, forever.
+    options.enable_cpu_mem_arena = False
     session = new_session(name, sess_opts=options, providers=["CPUExecutionProvider"])
     return ModelSession(name, session, specs[name], weights_file(name))
 

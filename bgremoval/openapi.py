@@ -36,7 +36,8 @@ OPENAPI = {
                 "415": problem("Not JSON/multipart/image, or an unsupported image format"),
                 "422": problem("Decodable but unusable: no garment found, corrupt or tiny image"),
                 "502": problem("The image host failed"),
-                "503": problem("Models not loaded"),
+                "503": problem("Models not loaded, or this worker's megapixel budget is in use "
+                               "(then with Retry-After)"),
                 "504": problem("The image host timed out"),
             },
         }},

@@ -5,6 +5,10 @@
 
 Masks are computed at a working resolution of at most `working_max_side` (the networks see
 320-1024 px anyway) and scaled up once at the end, so large photos cost little extra.
+
+Memory per photo stays small and proportional to its pixels: everything at full size is 8-bit
+(the decoded photo, the output, the upscaled mask: ~9 bytes a pixel at the peak), the composite
+works through bands of rows with Pillow's 8-bit blending, and only working-size planes are float.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from bgremoval.models import CLOTH_CLASSES, Models
 from shared.errors import Unprocessable
 from shared.images import DecodedImage, flatten_onto_black
 
+BAND_PIXELS = 1 << 20  # the composite works on ~1 MP of rows at a time
+
 GARMENT_CLASSES = ("upper", "lower", "full")
 
 
@@ -29,9 +35,21 @@ class NoGarmentFound(Unprocessable):
 
 @dataclass
 class GarmentMask:
-    mask: np.ndarray  # float32, input size, 1 = garment
+    working: np.ndarray  # bool, at the working size (<= working_max_side): True = garment
+    size: tuple[int, int]  # (width, height) of the photo it belongs to
     source: str  # "garment" (person found) or "product" (flat-lay fallback)
     timings: dict[str, float] = field(default_factory=dict)
+
+    def full(self) -> Image.Image:
+        """The mask at the photo's size, 8-bit ("L": 0 outside, 255 inside, bilinear soft edges
+        where it was scaled up): one byte a pixel."""
+        plane = Image.fromarray(self.working.astype(np.uint8) * 255, "L")
+        return plane if plane.size == self.size else plane.resize(self.size, Image.BILINEAR)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """`full()` as a uint8 array (for tools and tests; the service uses `full()`)."""
+        return np.asarray(self.full())
 
 
 def resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -143,20 +161,24 @@ class GarmentPipeline:
         self,
         img: Image.Image,
         classes: tuple[str, ...] = GARMENT_CLASSES,
-        known_foreground: np.ndarray | None = None,
+        alpha: np.ndarray | None = None,
     ) -> GarmentMask:
-        """Mask of the garment at `img`'s size. `known_foreground` (uint8 alpha) narrows the search
-        when the photo arrived already cut out."""
+        """Mask of the garment of `img`, at the working size. `alpha` (the photo's own uint8 alpha,
+        when it arrived already cut out) is applied first: transparent parts are black and stay out
+        of the mask."""
         unknown = set(classes) - set(GARMENT_CLASSES)
         if unknown or not classes:
             raise ValueError(f"classes must be a non-empty subset of {GARMENT_CLASSES}")
         s = self.settings
         timings: dict[str, float] = {}
-        work = self._working_copy(img)
-        area = work.width * work.height
+        start = time.perf_counter()
+        # Flattened at full size, then scaled down: a transient full-size copy, only for cut-outs.
+        work = self._working_copy(flatten_onto_black(img, alpha))
         foreground = None
-        if known_foreground is not None:
-            foreground = resize_plane(known_foreground.astype(np.float32) / 255.0, work.size) > 0.5
+        if alpha is not None:
+            foreground = np.asarray(Image.fromarray(alpha, "L").resize(work.size, Image.BILINEAR)) >= 128
+        timings["working_copy"] = time.perf_counter() - start
+        area = work.width * work.height
 
         start = time.perf_counter()
         person = self.person_mask(work)
@@ -180,9 +202,7 @@ class GarmentPipeline:
             if mask.sum() < s.min_garment_fraction * area:
                 wanted = ", ".join(classes)
                 raise NoGarmentFound(f"A person was found but no garment ({wanted}) on them.")
-
-        full = resize_plane(mask.astype(np.float32), img.size) if work is not img else mask.astype(np.float32)
-        return GarmentMask(mask=np.clip(full, 0.0, 1.0), source=source, timings=timings)
+        return GarmentMask(working=mask, size=img.size, source=source, timings=timings)
 
     def _product_mask(self, work: Image.Image, foreground, timings: dict[str, float]) -> np.ndarray:
         if self.models.product is None:
@@ -201,38 +221,49 @@ class GarmentPipeline:
         img: Image.Image,
         classes: tuple[str, ...] = GARMENT_CLASSES,
         background: tuple[int, int, int] = (0, 0, 0),
-        known_foreground: np.ndarray | None = None,
+        alpha: np.ndarray | None = None,
+        *,
+        mask_as_alpha: bool = False,
     ) -> tuple[Image.Image, GarmentMask]:
-        """The garment on a plain background (RGB, same size) and the mask used."""
-        result = self.garment_mask(img, classes, known_foreground)
+        """The garment on a plain background, same size, and the mask used. RGB, or with
+        `mask_as_alpha` RGBA whose alpha is the mask (for PNG)."""
+        result = self.garment_mask(img, classes, alpha)
         start = time.perf_counter()
-        picture = composite(img, result.mask, background)
+        full_mask = result.full()
+        result.timings["mask_upscale"] = time.perf_counter() - start
+        start = time.perf_counter()
+        picture = composite(img, full_mask, background, alpha=alpha, mask_as_alpha=mask_as_alpha)
         result.timings["composite"] = time.perf_counter() - start
         return picture, result
-
 
     def cut_out(
         self,
         decoded: DecodedImage,
         classes: tuple[str, ...] = GARMENT_CLASSES,
         background: tuple[int, int, int] = (0, 0, 0),
+        *,
+        mask_as_alpha: bool = False,
     ) -> tuple[Image.Image, GarmentMask]:
         """remove_background for a decoded upload. An already-matted photo is flattened onto
         black and its alpha narrows the mask; it still goes through the garment step, because
         catalog cut-outs keep faces, hair and hands."""
-        return self.remove_background(flatten_onto_black(decoded), classes, background,
-                                      known_foreground=decoded.alpha)
+        return self.remove_background(decoded.rgb, classes, background, decoded.alpha, mask_as_alpha=mask_as_alpha)
 
 
-def composite(img: Image.Image, mask: np.ndarray, background: tuple[int, int, int]) -> Image.Image:
-    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
-    weight = mask[..., None]
-    out = rgb * weight + np.asarray(background, dtype=np.float32) * (1.0 - weight)
-    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8), "RGB")
-
-
-def with_alpha(picture: Image.Image, mask: np.ndarray) -> Image.Image:
-    """RGBA version of `picture` with the garment mask as alpha (for PNG output)."""
-    rgba = picture.convert("RGBA")
-    rgba.putalpha(Image.fromarray(np.clip(np.round(mask * 255), 0, 255).astype(np.uint8), "L"))
-    return rgba
+def composite(img: Image.Image, mask: Image.Image, background: tuple[int, int, int], *,
+              alpha: np.ndarray | None = None, mask_as_alpha: bool = False) -> Image.Image:
+    """img x mask + background x (1 - mask), per channel, in 8 bits: Pillow's paste with a mask
+    rounds exactly as round(img * m/255 + background * (1 - m/255)). `alpha` (a cut-out's own
+    alpha) first puts the photo onto black. Works through bands of rows, so the output is the
+    only new full-size buffer; with `mask_as_alpha` the output is RGBA with the mask as alpha
+    (the background colour at alpha 0 blends into exactly alpha = mask)."""
+    width, height = img.size
+    out = Image.new("RGBA", img.size, (*background, 0)) if mask_as_alpha else Image.new("RGB", img.size, background)
+    rows = max(1, BAND_PIXELS // width)
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
+        band = img.crop(box)
+        if alpha is not None:
+            band = flatten_onto_black(band, alpha[box[1]:box[3]])
+        out.paste(band, box, mask.crop(box))
+    return out

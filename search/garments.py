@@ -36,7 +36,8 @@ class Cutout:
 
 
 def crop_to_mask(picture: Image.Image, mask: np.ndarray) -> Image.Image:
-    rows, cols = np.nonzero(mask > 0.5)
+    """The garment's box (uint8 mask > half), with a margin."""
+    rows, cols = np.nonzero(mask > 127)
     if rows.size == 0:
         return picture
     pad_y = int((rows.max() - rows.min()) * CROP_MARGIN)
@@ -47,11 +48,22 @@ def crop_to_mask(picture: Image.Image, mask: np.ndarray) -> Image.Image:
 
 
 def with_crop(pipeline_identity: dict) -> dict:
-    """The indexer's identity: the bg pipeline's, plus how the indexer crops its output."""
-    return {**pipeline_identity, "crop": {"margin": CROP_MARGIN}}
+    """The indexer's identity: the bg pipeline's, plus how the indexer feeds and crops it (photos
+    are decoded straight to the working size, so the pipeline never scales them)."""
+    return {**pipeline_identity, "crop": {"margin": CROP_MARGIN, "input": "decoded at the working size"}}
 
 
-class LocalGarments:
+class _Garments:
+    identity: dict
+
+    @property
+    def working_max_side(self) -> int:
+        """Photos are decoded at most this large (the pipeline's working size): memory per catalog
+        photo stays bounded whatever its size, and the result equals the full-size path's masks."""
+        return int(self.identity["shared"]["working_max_side"])
+
+
+class LocalGarments(_Garments):
     """Runs the bg-removal pipeline in this process (models loaded once)."""
 
     def __init__(self, pipeline=None):
@@ -93,7 +105,7 @@ def retrying_session(retries: int, backoff: float):
     return session
 
 
-class RemoteGarments:
+class RemoteGarments(_Garments):
     """Asks a running bg-removal service (POST raw image, PNG with the mask as alpha back)."""
 
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 5, backoff: float = 1.0):
@@ -149,5 +161,5 @@ class RemoteGarments:
                 f"{self.description} answered {response.status_code}{retried}: "
                 f"{self._detail(response) or response.reason}")
         cutout = Image.open(io.BytesIO(response.content))
-        mask = np.asarray(cutout.getchannel("A"), dtype=np.float32) / 255.0
+        mask = np.asarray(cutout.getchannel("A"))
         return Cutout(crop_to_mask(cutout.convert("RGB"), mask), response.headers.get("X-Mask-Source", "garment"))

@@ -228,7 +228,8 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         for im in pending[first:first + batch_size]:
             bar.update(1)
             try:
-                decoded = decode_image((catalog / im.product / im.file).read_bytes())
+                decoded = decode_image((catalog / im.product / im.file).read_bytes(),
+                                       max_side=garments.working_max_side)
             except ProblemError as exc:  # the image itself is unusable: skip it, say why
                 report.skipped.append({"image": im.relpath, "reason": f"unreadable: {exc.detail}"})
                 continue

@@ -12,10 +12,11 @@ class ProblemError(Exception):
     title = "Internal server error"
     slug = "internal"
 
-    def __init__(self, detail: str, *, field: str | None = None):
+    def __init__(self, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.detail = detail
         self.field = field
+        self.headers = headers or {}  # extra response headers, e.g. Retry-After
 
     def to_dict(self) -> dict:
         body = {
@@ -57,6 +58,15 @@ class NotReady(ProblemError):
     status, title, slug = 503, "Service not ready", "not-ready"
 
 
+class Overloaded(ProblemError):
+    """This worker has as much work in flight as its memory budget allows; retry shortly."""
+
+    status, title, slug = 503, "Service busy", "overloaded"
+
+    def __init__(self, detail: str, *, retry_after: int):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class UpstreamTimeout(ProblemError):
     status, title, slug = 504, "Upstream timed out", "upstream-timeout"
 
@@ -64,7 +74,7 @@ class UpstreamTimeout(ProblemError):
 def problem_for_status(status: int, detail: str) -> ProblemError:
     """The ProblemError for an HTTP status another service answered with."""
     for cls in ProblemError.__subclasses__():
-        if cls.status == status:
+        if cls.status == status and cls is not Overloaded:
             return cls(detail)
     error = ProblemError(detail)
     error.status = status

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shared.errors import PayloadTooLarge, UnsupportedMediaType, Unprocessable
+from shared.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 # Formats sniffed from the bytes that we accept; anything else (SVG, HTML, PDF...) is refused.
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
@@ -34,33 +34,46 @@ class DecodedImage:
 
 
 def _to_8bit_rgb_and_alpha(im: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
+    """The picture as 8-bit RGB plus its alpha. Done with Pillow's own conversions: no float
+    copy of the whole image (a 40 MP photo must not cost 8 bytes a pixel here)."""
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # Pillow's convert("L") clips 16-bit values at 255; scale them instead.
-        values = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if values.max() > 255 else 255.0
-        gray = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB"), None
+        # Pillow's convert("L") clips 16-bit values at 255; scale them instead (rounded).
+        im = im.convert("I") if im.mode != "I" else im
+        low, high = im.getextrema()
+        scale = 255.0 / (65535.0 if high > 255 else 255.0)
+        return im.point(lambda v: v * scale + 0.5).convert("L").convert("RGB"), None
     if im.mode == "F":
-        values = np.asarray(im, dtype=np.float64)
-        gray = np.clip(values, 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB"), None
+        return im.convert("L").convert("RGB"), None  # clipped to 0..255
     if im.mode == "P" or im.mode == "PA":
         im = im.convert("RGBA")
     if im.mode in ("LA", "La", "RGBa"):
         im = im.convert("RGBA")
     if im.mode == "RGBA":
-        alpha = np.asarray(im.getchannel("A"))
-        if alpha.min() == 255:
+        alpha = im.getchannel("A")
+        if alpha.getextrema()[0] == 255:
             return im.convert("RGB"), None
-        return im.convert("RGB"), alpha.copy()
-    if im.mode == "CMYK":
-        # Adobe CMYK JPEGs are stored inverted; Pillow's conversion knows about it.
-        return im.convert("RGB"), None
+        return im.convert("RGB"), np.asarray(alpha)
+    if im.mode == "RGB":
+        return im, None  # no copy: a 40 MP photo is 160 MB in Pillow's 4-byte pixels
+    # CMYK: Adobe CMYK JPEGs are stored inverted; Pillow's conversion knows about it.
     return im.convert("RGB"), None
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode untrusted bytes. Raises a ProblemError with a clear message for anything unusable."""
+@dataclass
+class OpenedImage:
+    """An image whose header was read and checked, no pixel decoded yet."""
+
+    image: Image.Image
+    source_format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.image.width * self.image.height
+
+
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedImage:
+    """Read and check the header of untrusted bytes: format, pixel count (the decompression-bomb
+    guard) and size, before any pixel is decoded. Raises a ProblemError saying what is wrong."""
     if not data:
         raise Unprocessable("The image is empty (0 bytes).")
     try:
@@ -79,40 +92,79 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     if source_format not in ACCEPTED_FORMATS:
         raise UnsupportedMediaType(f"Image format {source_format!r} is not accepted.")
     width, height = im.size
-    # Checked from the header, before any pixel is decoded: this is the decompression-bomb guard.
     if width * height > max_pixels:
         raise PayloadTooLarge(
             f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}."
         )
     if min(width, height) < MIN_SIDE:
         raise Unprocessable(f"The image is {width}x{height}; both sides must be at least {MIN_SIDE} px.")
+    return OpenedImage(im, source_format)
+
+
+def decode_opened(opened: OpenedImage, *, max_side: int | None = None) -> DecodedImage:
+    """Decode the pixels of a checked image. `max_side` scales it down to at most that many
+    pixels on its longest side (the indexer's working size); JPEGs are then decoded at a reduced
+    DCT scale, so a large catalog photo never exists in memory at full size."""
+    im = opened.image
     try:
         if getattr(im, "is_animated", False):
             im.seek(0)  # animated GIF/WebP: the first frame is the product photo
-        im.load()
-        im = ImageOps.exif_transpose(im)
+        if max_side and max(im.size) > max_side:
+            upright = _upright_size(im)
+            scale = max_side / max(upright)
+            target = (round(upright[0] * scale), round(upright[1] * scale))
+            im.draft("RGB", target if upright == im.size else target[::-1])  # JPEG only; else a no-op
+        im.load()  # Pillow drops its reference to the bytes once loaded
+        ImageOps.exif_transpose(im, in_place=True)  # not in place, it copies even upright photos
         rgb, alpha = _to_8bit_rgb_and_alpha(im)
+        if max_side and max(rgb.size) > max_side:
+            rgb, alpha = _shrink(rgb, alpha, max_side)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"The image has too many pixels: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on corrupt data
         raise Unprocessable(f"The image could not be decoded (truncated or corrupt): {exc}") from None
-    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
+    return DecodedImage(rgb=rgb, alpha=alpha, source_format=opened.source_format)
 
 
-def flatten_onto_black(decoded: DecodedImage) -> Image.Image:
-    """The picture with transparent parts black, as matted catalog photos must be seen."""
-    if decoded.alpha is None:
-        return decoded.rgb
-    rgb = np.asarray(decoded.rgb, dtype=np.float32)
-    weight = decoded.alpha.astype(np.float32)[..., None] / 255.0
-    return Image.fromarray(np.round(rgb * weight).astype(np.uint8), "RGB")
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """The size after EXIF orientation (5-8 swap width and height)."""
+    orientation = im.getexif().get(0x0112, 1)
+    return im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
+
+
+def _shrink(rgb: Image.Image, alpha: np.ndarray | None, max_side: int) -> tuple[Image.Image, np.ndarray | None]:
+    scale = max_side / max(rgb.size)
+    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+    if alpha is None:
+        return rgb.resize(size, Image.BILINEAR), None
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(alpha, "L"))
+    small = rgba.resize(size, Image.BILINEAR)  # Pillow resizes RGBA premultiplied: no dark fringes
+    return small.convert("RGB"), np.asarray(small.getchannel("A"))
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None) -> DecodedImage:
+    """Decode untrusted bytes. Raises a ProblemError with a clear message for anything unusable."""
+    return decode_opened(open_image(data, max_pixels=max_pixels), max_side=max_side)
+
+
+def flatten_onto_black(picture: Image.Image, alpha: np.ndarray | None) -> Image.Image:
+    """The picture with transparent parts black, as matted catalog photos must be seen:
+    round(rgb * alpha / 255), computed by Pillow in 8 bits (no float copy)."""
+    if alpha is None:
+        return picture
+    flat = Image.new("RGB", picture.size, (0, 0, 0))
+    flat.paste(picture, mask=Image.fromarray(alpha, "L"))
+    return flat
 
 
 def encode_image(picture: Image.Image, fmt: str, *, jpeg_quality: int = 95) -> bytes:
     """Encode as JPEG (RGB) or PNG (any mode, e.g. RGBA with the garment mask as alpha)."""
     out = io.BytesIO()
     if fmt == "jpeg":
-        picture.convert("RGB").save(out, "JPEG", quality=jpeg_quality, subsampling=0)
+        # convert() copies even when the mode already matches: only convert what is not RGB.
+        rgb = picture if picture.mode == "RGB" else picture.convert("RGB")
+        rgb.save(out, "JPEG", quality=jpeg_quality, subsampling=0)
     elif fmt == "png":
         picture.save(out, "PNG", compress_level=3)
     else:

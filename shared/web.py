@@ -149,7 +149,9 @@ def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: d
     def _problem(exc: ProblemError) -> Response:
         body = exc.to_dict()
         status = body.pop("status")
-        return problem_response(status, body.pop("title"), body.pop("detail"), **body)
+        response = problem_response(status, body.pop("title"), body.pop("detail"), **body)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
@@ -204,7 +206,10 @@ def create_service_app(import_name: str, *, service: str, openapi: dict, bluepri
     (missing weights, broken index) does not stop the worker: /readyz and every request then
     answer 503 with the reason, so the container healthcheck and the operator see why.
     """
+    from shared.malloc import return_large_blocks
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return_large_blocks()  # before the models load: their freed buffers go back too
     app = Flask(import_name)
     app.config[settings[0]] = settings[1]
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes

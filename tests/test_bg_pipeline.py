@@ -126,12 +126,12 @@ def test_input_modes(bg_pipeline, mode):
         # Grey photos have no colour, so the oracle sees no person; the product fallback or a
         # clean 422 are both acceptable, a crash is not.
         try:
-            out, _ = bg_pipeline.remove_background(decoded.rgb, known_foreground=decoded.alpha)
+            out, _ = bg_pipeline.remove_background(decoded.rgb, alpha=decoded.alpha)
             assert out.size == photo.size
         except NoGarmentFound:
             pass
         return
-    out, _ = bg_pipeline.remove_background(decoded.rgb, known_foreground=decoded.alpha)
+    out, _ = bg_pipeline.remove_background(decoded.rgb, alpha=decoded.alpha)
     assert out.size == photo.size
     top = region(out, boxes["top"])
     assert (np.abs(top - scenes.UPPER) <= 40).all()  # CMYK/palette shift colours a little
@@ -163,9 +163,9 @@ def test_matted_input_alpha_limits_the_garment(bg_pipeline):
     alpha = np.zeros((photo.height, photo.width), np.uint8)
     x0, y0, x1, y1 = boxes["top"]
     alpha[y0:(y0 + y1) // 2, x0:x1] = 255  # only the top half of the top survived the cut-out
-    _, result = bg_pipeline.remove_background(photo, known_foreground=alpha)
-    assert result.mask[y0 + 20, (x0 + x1) // 2] == 1.0
-    assert result.mask[y1 - 20, (x0 + x1) // 2] == 0.0
+    _, result = bg_pipeline.remove_background(photo, alpha=alpha)
+    assert result.mask[y0 + 20, (x0 + x1) // 2] == 255
+    assert result.mask[y1 - 20, (x0 + x1) // 2] == 0
 
 
 def test_jpeg_output_decodes_at_the_same_size(bg_pipeline):

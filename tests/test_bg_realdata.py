@@ -66,19 +66,18 @@ def _check_one(pipeline, path: Path) -> str:
     width, height = decoded.size
     mask = result.mask
     assert out.size == decoded.size and out.mode == "RGB", path
-    assert mask.shape == (height, width) and mask.dtype == np.float32, path
+    assert mask.shape == (height, width) and mask.dtype == np.uint8, path
     assert result.source in ("garment", "product"), path
     if max(width, height) <= pipeline.settings.working_max_side:
-        # Computed at full size, never resampled: a hard 0/1 mask.
-        assert np.isin(mask, (0.0, 1.0)).all(), path
-    assert ((mask >= 0) & (mask <= 1)).all(), path
-    kept = mask > 0.5
+        # Computed at full size, never resampled: a hard 0/255 mask.
+        assert np.isin(mask, (0, 255)).all(), path
+    kept = mask > 127
     assert kept.mean() >= pipeline.settings.min_garment_fraction, path  # else it must refuse
 
-    flat = np.asarray(flatten_onto_black(decoded), dtype=np.int16)
+    flat = np.asarray(flatten_onto_black(decoded.rgb, decoded.alpha), dtype=np.int16)
     picture = np.asarray(out, dtype=np.int16)
     assert (picture[mask == 0] == 0).all(), f"{path}: background is not pure black"
-    assert (picture[mask == 1] == flat[mask == 1]).all(), f"{path}: garment pixels were altered"
+    assert (picture[mask == 255] == flat[mask == 255]).all(), f"{path}: garment pixels were altered"
     assert (picture <= flat).all(), f"{path}: a blended edge is brighter than the photo"
     if decoded.alpha is not None:
         assert not (mask[decoded.alpha == 0] > 0).any(), f"{path}: transparent pixels in the mask"

@@ -21,6 +21,7 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
 
         from search.embedder import ClipEmbedder
         from search.store import IndexLoadError
+        from search.vectors import open_store
 
         index = Index.load(config.index_dir)  # cheap checks first: a bad index fails fast
         catalog = Path(config.catalog_dir or index.meta["catalog_dir"])
@@ -34,11 +35,17 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
                                  "the index was built from, or rebuild the index")
         model = embedder if embedder is not None else ClipEmbedder(config.clip, text_only=True)
         index.check_compatible(model.identity)
-        searcher = Searcher(index, model, name_weight=config.name_weight, cache_size=config.query_cache_size)
+        store = open_store(config.vectors, index)
+        searcher = Searcher(index, model, store=store, name_weight=config.name_weight,
+                            cache_size=config.query_cache_size)
         app.extensions["searcher"] = searcher
         app.extensions["catalog_dir"] = catalog
+        readiness = app.extensions["readiness"]
+        readiness.info = {"backend": store.describe()}
+        readiness.probe = store.check
         searcher.embed_query("warm up")  # the first torch call is slow; pay it before ready
-        return f"{len(index.products)} products, {len(index.image_files)} images, {model.model_name}"
+        return (f"{len(index.products)} products, {len(index.image_files)} images, {model.model_name}, "
+                f"backend {store.backend}")
 
     return create_service_app(
         __name__, service="search", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,

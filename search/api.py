@@ -6,7 +6,8 @@ from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, send_from_directory
 
-from shared.errors import BadRequest, NotFound
+from search.vectors import VectorStoreError
+from shared.errors import BadRequest, NotFound, NotReady
 from shared.web import json_object_body, reject_unknown_fields, stage_timings
 
 bp = Blueprint("search", __name__)
@@ -38,8 +39,13 @@ def search():
     text, n = _parse(json_object_body())
     searcher = current_app.extensions["searcher"]
     start = time.perf_counter()
-    results = searcher.search(text, n)
-    stage_timings()["search"] = time.perf_counter() - start
+    try:
+        results = searcher.search(text, n)
+    except VectorStoreError as exc:  # the vector database is down or changed: retry later
+        raise NotReady(str(exc)) from None
+    elapsed = time.perf_counter() - start
+    stage_timings()["search"] = elapsed
+    current_app.extensions["metrics"].query_latency.labels("search", searcher.store.backend).observe(elapsed)
     return jsonify([{"product_name": r.product_name, "url": image_url(r.product_name, r.image_file),
                      "score": round(r.score, 6)} for r in results])
 

@@ -31,8 +31,36 @@ class ClipSettings:
 
 
 @dataclass(frozen=True)
+class BackendSettings:
+    """Where queries are scored (see search/vectors)."""
+
+    backend: str = "exact"  # exact | faiss | milvus
+    faiss_ef_search: int = 128  # HNSW breadth at query time (recall vs time)
+    faiss_nprobe: int = 32  # IVF lists visited at query time
+    faiss_oversample: int = 4  # candidates re-scored exactly per result wanted
+    milvus_uri: str | None = None  # a file path = Milvus Lite; http(s)://host:19530 = a server
+    milvus_token: str | None = None  # "user:password" or an API key, for a secured server
+    milvus_collection: str | None = None  # default: the name `publish` derives from the index
+    milvus_timeout: float = 5.0  # seconds per call
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> BackendSettings:
+        return cls(
+            backend=env.get("SEARCH_BACKEND", cls.backend).strip().lower(),
+            faiss_ef_search=int(env.get("SEARCH_FAISS_EF_SEARCH", cls.faiss_ef_search)),
+            faiss_nprobe=int(env.get("SEARCH_FAISS_NPROBE", cls.faiss_nprobe)),
+            faiss_oversample=int(env.get("SEARCH_FAISS_OVERSAMPLE", cls.faiss_oversample)),
+            milvus_uri=env.get("MILVUS_URI") or None,
+            milvus_token=env.get("MILVUS_TOKEN") or None,
+            milvus_collection=env.get("MILVUS_COLLECTION") or None,
+            milvus_timeout=float(env.get("MILVUS_TIMEOUT", cls.milvus_timeout)),
+        )
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     clip: ClipSettings = field(default_factory=ClipSettings)
+    vectors: BackendSettings = field(default_factory=BackendSettings)
     index_dir: str = "index"
     catalog_dir: str | None = None  # where /images/ are served from; default: the index's catalog
     public_base_url: str | None = None  # makes result urls absolute
@@ -51,6 +79,7 @@ class SearchConfig:
     def from_env(cls, env=os.environ) -> SearchConfig:
         return cls(
             clip=ClipSettings.from_env(env),
+            vectors=BackendSettings.from_env(env),
             index_dir=env.get("SEARCH_INDEX_DIR", cls.index_dir),
             catalog_dir=env.get("SEARCH_CATALOG_DIR") or None,
             public_base_url=(env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,

@@ -38,6 +38,7 @@ from search.store import (
     IndexLoadError,
     write_index,
 )
+from search.vectors.faiss_ann import ANN_KINDS
 from shared.errors import ProblemError, Unprocessable
 from shared.images import decode_image
 
@@ -190,11 +191,13 @@ def _reusable(out: Path, identity: dict, garment_id: dict, report: BuildReport) 
 
 def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = "max",
                 batch_size: int = 16, update: bool = False, dup_threshold: float = 0.97,
-                progress: bool = True) -> BuildReport:
+                progress: bool = True, ann: str | None = None, ann_params: dict | None = None) -> BuildReport:
     """Embed every catalog image's garment and write the index. Images that cannot be read or
     hold no garment are skipped and listed with the reason; anything else that fails (the
     bg-removal service down after its retries, a model error) stops the build and leaves the
-    previous index as it was."""
+    previous index as it was. `ann` adds a FAISS approximate index of that kind (see
+    search/vectors/faiss_ann.py); an --update keeps the previous index's kind unless told
+    otherwise ("none" drops it)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}")
     started = time.perf_counter()
@@ -204,6 +207,11 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
     identity = embedder.identity
     garment_id = garments.identity
     reuse = _reusable(out, identity, garment_id, report) if update else Reusable()
+    if ann is None and update and (out / "meta.json").is_file():
+        previous = json.loads((out / "meta.json").read_text()).get("ann") or {}
+        ann, ann_params = previous.get("kind"), {**previous.get("params", {}), **(ann_params or {})}
+    if ann == "none":
+        ann = None
 
     done: dict[str, tuple] = {}  # relpath -> (vector, thumb, source)
     pending = []
@@ -260,9 +268,19 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         report.warnings.append(f"{name}: no usable image (no garment found in any), not indexed")
 
     image_matrix = np.stack([done[im.relpath][0] for im in kept]).astype(np.float32, copy=False)
+    product_matrix = pool_products(image_matrix, counts, pooling)
+
+    def add_ann(folder: Path) -> dict:
+        if not ann:
+            return {}
+        from search.vectors.faiss_ann import ann_source, build_ann_file
+
+        vectors, over = ann_source(image_matrix, product_matrix, pooling)
+        return {"ann": build_ann_file(vectors, over, ann, ann_params, folder / f"ann-{ann}.faiss", progress=progress)}
+
     content = IndexArrays(
         image_embeddings=image_matrix,
-        product_embeddings=pool_products(image_matrix, counts, pooling),
+        product_embeddings=product_matrix,
         counts=counts, product_names=names, image_files=[im.file for im in kept],
         image_sha256=[im.sha256 for im in kept], image_sources=[done[im.relpath][2] for im in kept],
         thumbs=np.stack([done[im.relpath][1] for im in kept]),
@@ -277,7 +295,7 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         "catalog_fingerprint": catalog_fingerprint(images),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "skipped": report.skipped,
-    })
+    }, extra=add_ann)
     index = Index.load(out, for_building=True)
     # Random weights embed every image alike: only the pixel fingerprints can tell then.
     report.duplicates = find_duplicates(index.products, index.counts, index.image_embeddings, index.thumbs,
@@ -308,6 +326,17 @@ def print_report(report: BuildReport, out: Path) -> None:
         print("no near-duplicate images across products")
 
 
+def parse_params(pairs: list[str]) -> dict:
+    """KEY=VALUE strings as a dict, numbers as numbers."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--ann-param takes KEY=VALUE, not {pair!r}")
+        params[key] = int(value) if value.lstrip("-").isdigit() else value
+    return params
+
+
 def main(argv: list[str] | None = None) -> int:
     from search.config import ClipSettings
 
@@ -325,11 +354,32 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--bg-retries", type=int, default=5,
                        help="retries per image for 429/5xx/timeouts/refused connections (exponential backoff)")
     build.add_argument("--bg-timeout", type=float, default=60.0, help="seconds per request to --bg-url")
+    build.add_argument("--ann", choices=(*ANN_KINDS, "none"), default=None,
+                       help="also build a FAISS approximate index (SEARCH_BACKEND=faiss); --update keeps the previous one")
+    build.add_argument("--ann-param", action="append", default=[], metavar="KEY=VALUE",
+                       help="approximate-index parameter, e.g. M=32 (see search/vectors/faiss_ann.py)")
     info = sub.add_parser("info", help="describe an index")
     info.add_argument("--index", type=Path, required=True)
+    ann = sub.add_parser("ann", help="add or replace the FAISS approximate index of an existing index")
+    ann.add_argument("--index", type=Path, required=True)
+    ann.add_argument("--ann", choices=ANN_KINDS, required=True)
+    ann.add_argument("--ann-param", action="append", default=[], metavar="KEY=VALUE")
+    try:
+        from search.publish import register
+    except ImportError:  # pragma: no cover - the publish command ships with search/publish.py
+        register = None
+    if register is not None:
+        register(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
+    if getattr(args, "func", None) is not None:  # subcommands that bring their own runner (publish)
+        return args.func(args)
+    if args.command == "ann":
+        from search.vectors.faiss_ann import build_ann
+
+        print(json.dumps(build_ann(args.index, args.ann, parse_params(args.ann_param)), indent=1))
+        return 0
     if args.command == "info":
         index = Index.load(args.index)
         meta = {k: v for k, v in index.meta.items() if k != "skipped"}
@@ -344,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     embedder = ClipEmbedder(ClipSettings.from_env())
     try:
         report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
-                             batch_size=args.batch_size, update=args.update, dup_threshold=args.dup_threshold)
+                             batch_size=args.batch_size, update=args.update, dup_threshold=args.dup_threshold,
+                             ann=args.ann, ann_params=parse_params(args.ann_param))
     except GarmentServiceError as exc:
         print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ from threading import Lock
 import numpy as np
 
 from search.store import Index, words
+from search.vectors import Hits
 
 __all__ = ["QueryCache", "Result", "Searcher", "words"]
 
@@ -48,11 +49,17 @@ class QueryCache:
 
 
 class Searcher:
-    def __init__(self, index: Index, embedder, *, name_weight: float = 0.0, cache_size: int = 1024):
+    """Text -> the n best products: CLIP text embedding, visual scores from the vector store,
+    blended with the product-name word match (name_weight), best image of each."""
+
+    def __init__(self, index: Index, embedder, *, store=None, name_weight: float = 0.0, cache_size: int = 1024):
+        from search.vectors.exact import ExactStore
+
         if not 0.0 <= name_weight <= 1.0:
             raise ValueError("name_weight must be within 0..1")
         self.index = index
         self.embedder = embedder
+        self.store = store if store is not None else ExactStore(index)
         self.name_weight = name_weight
         self.cache = QueryCache(cache_size)
 
@@ -62,11 +69,45 @@ class Searcher:
 
     def search(self, text: str, n: int) -> list[Result]:
         query = self.embed_query(text)
-        scores = self.index.visual_scores(query)
-        if self.name_weight:
-            scores = (1.0 - self.name_weight) * scores + self.name_weight * self.index.names.scores(text)
-        count = min(n, len(scores))
-        top = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(len(scores))
-        top = top[np.lexsort((top, -scores[top]))]  # score descending, ties by catalog order
-        return [Result(self.index.products[i], self.index.image_files[self.index.best_image(i, query)],
-                       float(scores[i])) for i in top]
+        hits = self.rank(query, text, n)
+        best = self.store.best_images(query, hits.rows)
+        return [Result(self.index.products[int(row)], self.index.image_files[int(image)], float(score))
+                for row, image, score in zip(hits.rows, best, hits.scores, strict=True)]
+
+    def rank(self, query: np.ndarray, text: str, n: int) -> Hits:
+        """The n best products by (1 - w) * visual + w * name score (w = name_weight)."""
+        w = self.name_weight
+        if hasattr(self.store, "scores"):  # exact: every product's score is at hand anyway
+            scores = self.store.scores(query)
+            if w:
+                scores = (1.0 - w) * scores + w * self.index.names.scores(text)
+            return Hits.best(np.arange(len(scores)), scores, min(n, len(scores)))
+        hits = self.store.top(query, n)
+        if not w:
+            return hits
+        # A product in the blended top n is among the n visually best of the products sharing its
+        # name score (within one name score, the blend orders as the visual score does), and
+        # products without a name match can only come from the visual top n. So these
+        # candidates give the same answer as blending every product.
+        matched, name_scores = self.index.names.matches(text)
+        if w == 1.0:  # names only: ties go by catalog order, as when every product is blended
+            unmatched = np.setdiff1d(np.arange(min(len(self.index.products), n + len(matched))), matched)[:n]
+            rows = np.concatenate([unmatched, *(matched[name_scores == level][:n] for level in np.unique(name_scores))])
+            return Hits.best(rows, self._name_scores(rows, matched, name_scores), n)
+        candidates = [hits] + [self.store.top_among(query, matched[name_scores == level], n)
+                               for level in np.unique(name_scores)]
+        rows = np.concatenate([c.rows for c in candidates])
+        visual = np.concatenate([c.scores for c in candidates])
+        rows, first = np.unique(rows, return_index=True)
+        visual = visual[first]
+        return Hits.best(rows, (1.0 - w) * visual + w * self._name_scores(rows, matched, name_scores), n)
+
+    @staticmethod
+    def _name_scores(rows: np.ndarray, matched: np.ndarray, name_scores: np.ndarray) -> np.ndarray:
+        """Name scores of `rows`, from the sparse (sorted matched rows, their scores)."""
+        names = np.zeros(len(rows), np.float32)
+        if len(matched):
+            at = np.minimum(np.searchsorted(matched, rows), len(matched) - 1)
+            known = matched[at] == rows
+            names[known] = name_scores[at[known]]
+        return names

@@ -110,6 +110,17 @@ class NameIndex:
         return {"name_words.utf8": blob, "name_words.offsets": word_offsets,
                 "name_postings.offsets": offsets, "name_postings": np.asarray(flat, np.int32)}
 
+    def matches(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Only the products whose names hold at least one of the query's words: their rows
+        (sorted) and name scores. Sparse, so an approximate backend never needs all products."""
+        query = words(text)
+        postings = [self.products[self.offsets[row]:self.offsets[row + 1]]
+                    for row in (self.vocabulary.find(word) for word in query) if row is not None]
+        if not postings:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        rows, counts = np.unique(np.concatenate(postings), return_counts=True)
+        return rows.astype(np.int64), (counts / len(query)).astype(np.float32)
+
     def scores(self, text: str) -> np.ndarray:
         """Share of the query's words that appear in each product's name (0..1), float32."""
         query = words(text)
@@ -316,13 +327,16 @@ class IndexArrays:
     thumbs: np.ndarray
 
 
-def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations: int = 2) -> dict:
-    """Write a new generation, then switch meta.json to it atomically; returns the meta written."""
+def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations: int = 2,
+                extra=None) -> dict:
+    """Write a new generation, then switch meta.json to it atomically; returns the meta written.
+    `extra(folder)` may add files to the generation before the switch (the approximate index)
+    and returns entries for meta.json."""
     names = list(content.product_names)
     if names != sorted(names) or len(set(names)) != len(names):
         raise ValueError("product names must be unique and sorted")
     out.mkdir(parents=True, exist_ok=True)
-    generation = f"gen-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    generation = f"gen-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:4]}"
     folder = out / generation
     folder.mkdir()
     starts = np.zeros(len(names) + 1, np.int64)
@@ -343,7 +357,7 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
             fh.flush()
             os.fsync(fh.fileno())
     meta = {"format_version": FORMAT_VERSION, "generation": generation, **meta,
-            "products": len(names), "images": int(starts[-1])}
+            "products": len(names), "images": int(starts[-1]), **(extra(folder) if extra else {})}
     staged = out / ".meta.json.tmp"
     with open(staged, "w") as fh:
         json.dump(meta, fh, indent=1)
@@ -354,8 +368,24 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
     return meta
 
 
+def update_meta(index_dir: Path, **changes) -> dict:
+    """Change top-level meta.json entries of an index atomically (write beside, then rename)."""
+    index_dir = Path(index_dir)
+    meta = {**json.loads((index_dir / "meta.json").read_text()), **changes}
+    staged = index_dir / ".meta.json.tmp"
+    with open(staged, "w") as fh:
+        json.dump(meta, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(staged, index_dir / "meta.json")
+    return meta
+
+
 def _drop_old_generations(out: Path, keep: int) -> None:
-    """Remove all but the newest `keep` generation folders (workers may still map the previous one)."""
-    generations = sorted((p for p in out.glob("gen-*") if p.is_dir()), key=lambda p: p.name)
+    """Remove all but the newest `keep` generation folders (workers may still map the previous
+    one). Newest by creation order, never the one meta.json names."""
+    current = json.loads((out / "meta.json").read_text()).get("generation")
+    generations = sorted((p for p in out.glob("gen-*") if p.is_dir()), key=lambda p: p.stat().st_mtime_ns)
     for old in generations[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)

@@ -40,6 +40,10 @@ class Readiness:
         self.ready = False
         self.error: str | None = None
         self.detail = "loading"
+        self.info: dict[str, Any] = {}  # extra fields for /readyz (e.g. the search backend)
+        # Called by /readyz once loaded: raises when a dependency (a vector database) cannot
+        # answer right now; its message becomes the 503's reason. The service recovers by itself.
+        self.probe: Callable[[], None] | None = None
 
     def set_ready(self, detail: str = "ready") -> None:
         self.ready, self.error, self.detail = True, None, detail
@@ -70,6 +74,10 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.service = service
+        self.query_latency = Histogram(
+            "search_query_seconds", "Time to rank products for one query, by vector backend", ["service", "backend"],
+            registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
 
     def observe_stages(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():
@@ -178,8 +186,13 @@ def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: d
 
     @ops.get("/readyz")
     def readyz():
+        if readiness.ready and readiness.probe is not None:
+            try:
+                readiness.probe()
+            except Exception as exc:  # noqa: BLE001 - the probe's message is the reason
+                return problem_response(503, "Dependency unavailable", str(exc))
         if readiness.ready:
-            return jsonify(status="ready", service=service, detail=readiness.detail)
+            return jsonify(status="ready", service=service, detail=readiness.detail, **readiness.info)
         title = "Not ready" if readiness.error is None else "Failed to load"
         return problem_response(503, title, readiness.error or "Loading models; not ready yet.")
 

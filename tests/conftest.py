@@ -167,13 +167,43 @@ def synthetic_index(tmp_path_factory, synthetic_catalog, tiny_embedder, bg_pipel
     return out
 
 
-@pytest.fixture(scope="session")
-def search_app(synthetic_index, tiny_embedder):
+SEARCH_BACKENDS = ("exact", "faiss", "milvus")
+
+
+def backend_settings(backend: str, index_dir: Path, scratch: Path):
+    """BackendSettings serving `index_dir` from `backend`, after whatever that backend needs:
+    an approximate index for faiss (built on a copy), a published Milvus Lite collection."""
+    import shutil
+
+    from search.config import BackendSettings
+
+    if backend == "exact":
+        return index_dir, BackendSettings()
+    if backend == "faiss":
+        from search.vectors.faiss_ann import build_ann
+
+        copy = scratch / "index"
+        shutil.copytree(index_dir, copy)
+        build_ann(copy, "hnsw", {"M": 8}, progress=False)
+        return copy, BackendSettings(backend="faiss")
+    pytest.importorskip("milvus_lite", reason="the milvus backend's tests need milvus-lite (requirements-dev.txt)")
+    publish = pytest.importorskip("search.publish", reason="search/publish.py is not there yet").publish
+    uri = str(scratch / "milvus.db")
+    publish(index_dir, uri, progress=False)
+    return index_dir, BackendSettings(backend="milvus", milvus_uri=uri)
+
+
+@pytest.fixture(scope="session", params=SEARCH_BACKENDS)
+def search_app(request, synthetic_index, tiny_embedder, tmp_path_factory):
+    """The search service over the synthetic index, once per vector backend: every test that uses
+    it (contract, bad input, OpenAPI) runs against exact, faiss and milvus (Milvus Lite)."""
     from search import create_app
 
-    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index)),
+    index_dir, vectors = backend_settings(request.param, synthetic_index, tmp_path_factory.mktemp(request.param))
+    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(index_dir), vectors=vectors),
                      embedder=tiny_embedder)
     app.testing = True
+    assert app.extensions["readiness"].ready, app.extensions["readiness"].error
     return app
 
 

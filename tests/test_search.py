@@ -349,3 +349,38 @@ def test_name_index_scores_match_word_overlap(synthetic_index):
     assert np.array_equal(index.names.scores(text), by_hand)
     assert not index.names.scores("12345 !!").any()
     assert index.products.find("3-yellow-dress-shop-333") == 2 and index.products.find("nope") is None
+
+
+# ------------------------------------------------------------------ vector backends
+
+
+def test_readiness_and_metrics_name_the_backend(search_app, client):
+    backend = client.get("/readyz").json["backend"]
+    assert backend["backend"] == search_app.extensions["searcher"].store.backend
+    assert client.post("/", json={"text": "red top"}).status_code == 200
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert f'search_query_seconds_count{{backend="{backend["backend"]}",service="search"}}' in metrics
+
+
+def test_every_backend_answers_like_exact(search_app, synthetic_index, tiny_embedder):
+    from search.searcher import Searcher
+    from search.store import Index
+
+    served = search_app.extensions["searcher"]
+    exact = Searcher(Index.load(synthetic_index), tiny_embedder, name_weight=served.name_weight)
+    for text in ("red top", "pastel coloured tunic", "navy skirt", "dress"):
+        for n in (1, 3, 100):
+            assert served.search(text, n) == exact.search(text, n) or all(
+                a.product_name == b.product_name and abs(a.score - b.score) < 1e-4
+                for a, b in zip(served.search(text, n), exact.search(text, n), strict=True)), (text, n)
+
+
+def test_faiss_without_an_approximate_index_fails_readiness_with_the_fix(synthetic_index, tiny_embedder):
+    from search import create_app
+    from search.config import BackendSettings
+
+    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index),
+                                  vectors=BackendSettings(backend="faiss")), embedder=tiny_embedder)
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 503 and "python -m search.index ann" in ready.json["detail"]
+    assert app.test_client().post("/", json={"text": "red"}).status_code == 503

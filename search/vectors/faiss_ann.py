@@ -1,0 +1,187 @@
+"""Approximate search with FAISS (SEARCH_BACKEND=faiss).
+
+The indexer builds the approximate index beside the arrays (`--ann KIND`, or later with
+`python -m search.index ann`), over the pooled product vectors (max/mean pooling) or over the
+image vectors (score-max: a product scores as its best image). The service reads it memory-mapped
+where FAISS allows it, asks it for `oversample` x k candidates, and re-scores those exactly from
+the index's own matrices, so every returned score is a true cosine and the order among the
+candidates is exact; only a product the ANN never proposes can be missed (recall, see
+bench/scale.py).
+
+Kinds and their parameters (--ann-param key=value):
+    hnsw       M=32 (links per node: memory and recall), ef_construction=200 (build breadth);
+               query breadth SEARCH_FAISS_EF_SEARCH (128)
+    ivf-pq     nlist=4*sqrt(n) (clusters), m=64 (sub-quantizers: bytes per vector), nbits=8;
+               query breadth SEARCH_FAISS_NPROBE (32)
+    ivf-flat   nlist=4*sqrt(n); nprobe as above
+    flat-fp16  every vector scanned in float16 (half the bytes of the exact backend), candidates
+               re-scored in float32: exact up to float16 rounding
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from search.store import Index
+from search.vectors import Hits, VectorStore, VectorStoreError
+from search.vectors.exact import ExactStore
+
+ANN_KINDS = ("hnsw", "ivf-pq", "ivf-flat", "flat-fp16")
+ADD_BATCH = 100_000
+TRAIN_MAX = 262_144  # vectors used to train IVF/PQ codebooks
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - faiss-cpu is in requirements-search.txt
+        raise VectorStoreError(f"SEARCH_BACKEND=faiss needs faiss-cpu installed ({exc})") from None
+    return faiss
+
+
+def default_params(kind: str, n: int, dim: int) -> dict:
+    nlist = max(1, min(65536, int(4 * math.sqrt(n))))
+    return {
+        "hnsw": {"M": 32, "ef_construction": 200},
+        "ivf-pq": {"nlist": nlist, "m": 64 if dim % 64 == 0 else 8, "nbits": 8},
+        "ivf-flat": {"nlist": nlist},
+        "flat-fp16": {},
+    }[kind]
+
+
+def build_ann_file(vectors: np.ndarray, over: str, kind: str, params: dict | None, path: Path, *,
+                   progress: bool = True) -> dict:
+    """Build the approximate index over `vectors` (float32, normalised), write it to `path`;
+    returns the meta.json entry that describes it."""
+    if kind not in ANN_KINDS:
+        raise ValueError(f"--ann must be one of {', '.join(ANN_KINDS)}")
+    faiss = _faiss()
+    n, dim = vectors.shape
+    params = {**default_params(kind, n, dim), **(params or {})}
+    started = time.perf_counter()
+    metric = faiss.METRIC_INNER_PRODUCT
+    if kind == "hnsw":
+        ann = faiss.IndexHNSWFlat(dim, int(params["M"]), metric)
+        ann.hnsw.efConstruction = int(params["ef_construction"])
+    elif kind == "flat-fp16":
+        ann = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, metric)
+    else:
+        params["nlist"] = min(int(params["nlist"]), n)
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf-pq":
+            ann = faiss.IndexIVFPQ(quantizer, dim, int(params["nlist"]), int(params["m"]), int(params["nbits"]), metric)
+        else:
+            ann = faiss.IndexIVFFlat(quantizer, dim, int(params["nlist"]), metric)
+        ann.own_fields = True
+        quantizer.this.disown()
+    if not ann.is_trained:
+        sample = np.random.default_rng(0).choice(n, size=min(n, TRAIN_MAX), replace=False)
+        ann.train(np.ascontiguousarray(vectors[np.sort(sample)], np.float32))
+    bar = tqdm(total=n, desc=f"faiss {kind}", unit="vec", disable=not progress)
+    for first in range(0, n, ADD_BATCH):
+        ann.add(np.ascontiguousarray(vectors[first:first + ADD_BATCH], np.float32))
+        bar.update(min(ADD_BATCH, n - first))
+    bar.close()
+    staged = path.with_name(f".{path.name}.tmp")
+    faiss.write_index(ann, str(staged))
+    os.replace(staged, path)
+    return {"kind": kind, "params": params, "over": over, "file": path.name, "vectors": int(n),
+            "metric": "ip", "build_seconds": round(time.perf_counter() - started, 1),
+            "bytes": path.stat().st_size}
+
+
+def ann_source(image_embeddings: np.ndarray, product_embeddings: np.ndarray, pooling: str) -> tuple[np.ndarray, str]:
+    """What the approximate index covers: products, or images for score-max pooling."""
+    return (image_embeddings, "images") if pooling == "score-max" else (product_embeddings, "products")
+
+
+def build_ann(index_dir: Path, kind: str, params: dict | None = None, *, progress: bool = True) -> dict:
+    """Add (or replace) the approximate index of an existing index: written into its current
+    generation folder, then recorded in meta.json atomically. Returns the meta entry."""
+    from search.store import update_meta
+
+    index = Index.load(index_dir)
+    vectors, over = ann_source(index.image_embeddings, index.product_embeddings, index.pooling)
+    path = index.directory / index.meta["generation"] / f"ann-{kind}.faiss"
+    entry = build_ann_file(vectors, over, kind, params, path, progress=progress)
+    update_meta(index_dir, ann=entry)
+    return entry
+
+
+class FaissStore(VectorStore):
+    backend = "faiss"
+
+    def __init__(self, index: Index, ann, entry: dict, settings, mapped: bool):
+        self.index, self.ann, self.entry, self.mapped = index, ann, entry, mapped
+        self.exact = ExactStore(index)  # re-scores candidates, answers top_among and best images
+        self.oversample = max(1, settings.faiss_oversample)
+        faiss = _faiss()
+        if entry["kind"] == "hnsw":
+            self.params = faiss.SearchParametersHNSW(efSearch=int(settings.faiss_ef_search))
+        elif entry["kind"] in ("ivf-pq", "ivf-flat"):
+            self.params = faiss.SearchParametersIVF(nprobe=int(settings.faiss_nprobe))
+        else:
+            self.params = None
+        self.search_settings = ({"ef_search": settings.faiss_ef_search} if entry["kind"] == "hnsw" else
+                                {"nprobe": settings.faiss_nprobe} if entry["kind"].startswith("ivf") else {})
+
+    @classmethod
+    def open(cls, index: Index, settings) -> "FaissStore":
+        entry = index.meta.get("ann")
+        if not entry:
+            raise VectorStoreError(
+                "SEARCH_BACKEND=faiss but the index has no approximate index; build one with "
+                "`python -m search.index ann --index DIR --ann hnsw` (or `build --ann hnsw`)")
+        faiss = _faiss()
+        path = index.directory / index.meta["generation"] / entry["file"]
+        if not path.is_file():
+            raise VectorStoreError(f"the index's approximate index {path} is missing; rebuild it")
+        expected = len(index.image_files) if entry.get("over") == "images" else len(index.products)
+        if (entry.get("over") == "images") != (index.pooling == "score-max"):
+            raise VectorStoreError(f"the approximate index covers {entry.get('over')}, but pooling is "
+                                   f"{index.pooling}; rebuild it with `python -m search.index ann`")
+        ann, mapped = None, False
+        for flag in ("IO_FLAG_MMAP_IFC", "IO_FLAG_MMAP"):  # zero-copy where this kind allows it
+            try:
+                ann, mapped = faiss.read_index(str(path), getattr(faiss, flag) | faiss.IO_FLAG_READ_ONLY), True
+                break
+            except (RuntimeError, AttributeError):
+                continue
+        if ann is None:
+            try:
+                ann = faiss.read_index(str(path))
+            except RuntimeError as exc:
+                raise VectorStoreError(f"the approximate index {path} cannot be read: {exc}") from None
+        if ann.ntotal != expected or ann.d != index.product_embeddings.shape[1]:
+            raise VectorStoreError(f"the approximate index {path} holds {ann.ntotal} vectors of {ann.d} "
+                                   f"dimensions, the index {expected}; rebuild it")
+        return cls(index, ann, entry, settings, mapped)
+
+    def candidates(self, query: np.ndarray, k: int) -> np.ndarray:
+        """Product rows the approximate index proposes for the k best (oversampled)."""
+        wanted = min(self.ann.ntotal, max(k * self.oversample, k + 16))
+        _, found = self.ann.search(np.ascontiguousarray(query[None], np.float32), wanted, params=self.params)
+        found = found[0][found[0] >= 0]
+        if self.entry.get("over") == "images":
+            found = np.searchsorted(self.index.product_starts, found, side="right") - 1
+        return np.unique(found)
+
+    def top(self, query: np.ndarray, k: int) -> Hits:
+        return self.exact.top_among(query, self.candidates(query, k), k)
+
+    def top_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
+        return self.exact.top_among(query, rows, k)
+
+    def best_images(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return self.exact.best_images(query, rows)
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "ann": self.entry["kind"], "params": self.entry["params"],
+                "search": {**self.search_settings, "oversample": self.oversample}, "memory_mapped": self.mapped}
+
+

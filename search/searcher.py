@@ -10,6 +10,8 @@ import numpy as np
 from search.store import Index, words
 from search.vectors import Hits
 
+HYBRID_POOL = 512  # visual candidates blended when a query word names many products
+
 __all__ = ["QueryCache", "Result", "Searcher", "words"]
 
 
@@ -82,20 +84,25 @@ class Searcher:
             if w:
                 scores = (1.0 - w) * scores + w * self.index.names.scores(text)
             return Hits.best(np.arange(len(scores)), scores, min(n, len(scores)))
-        hits = self.store.top(query, n)
         if not w:
-            return hits
+            return self.store.top(query, n)
         # A product in the blended top n is among the n visually best of the products sharing its
         # name score (within one name score, the blend orders as the visual score does), and
-        # products without a name match can only come from the visual top n. So these
-        # candidates give the same answer as blending every product.
+        # products without a name match can only come from the visual top n. Asking the backend
+        # for those per name score gives the same answer as blending every product. A common word
+        # names too many products to ask about cheaply (more than the backend's among_limit): its
+        # products then come from a wider visual pool instead, so the blend is exact for rare
+        # words and approximate for common ones (bench/scale.py measures the recall).
         matched, name_scores = self.index.names.matches(text)
+        levels = [matched[name_scores == level] for level in np.unique(name_scores)]
         if w == 1.0:  # names only: ties go by catalog order, as when every product is blended
             unmatched = np.setdiff1d(np.arange(min(len(self.index.products), n + len(matched))), matched)[:n]
-            rows = np.concatenate([unmatched, *(matched[name_scores == level][:n] for level in np.unique(name_scores))])
+            rows = np.concatenate([unmatched, *(rows[:n] for rows in levels)])
             return Hits.best(rows, self._name_scores(rows, matched, name_scores), n)
-        candidates = [hits] + [self.store.top_among(query, matched[name_scores == level], n)
-                               for level in np.unique(name_scores)]
+        pool = n if all(len(rows) <= self.store.among_limit for rows in levels) else max(n, HYBRID_POOL)
+        hits = self.store.top(query, pool)
+        candidates = [hits] + [self.store.top_among(query, rows, n) for rows in levels
+                               if len(rows) <= self.store.among_limit]
         rows = np.concatenate([c.rows for c in candidates])
         visual = np.concatenate([c.scores for c in candidates])
         rows, first = np.unique(rows, return_index=True)

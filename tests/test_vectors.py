@@ -76,6 +76,20 @@ def test_hybrid_candidates_give_the_same_ranking_as_blending_every_product(tmp_p
                 assert np.allclose(expected.scores, got.scores, atol=1e-6)
 
 
+def test_common_words_are_blended_from_a_wider_visual_pool(tmp_path):
+    """Levels larger than the backend's among_limit are not asked about product by product: the
+    blend then comes from the visual pool, and stays close to the exact blend."""
+    index = synthetic(tmp_path / "idx", products=20000)
+    store = NoFullScores(ExactStore(index))
+    store.among_limit = 100  # every word of the vocabulary names thousands of products here
+    full = Searcher(index, None, store=ExactStore(index), name_weight=0.3)
+    pooled = Searcher(index, None, store=store, name_weight=0.3)
+    texts = ["black linen tunic", "red dress", "long sleeve navy shirt", "floral", "cotton"]
+    recall = [len(set(full.rank(q, texts[i % 5], 10).rows) & set(pooled.rank(q, texts[i % 5], 10).rows)) / 10
+              for i, q in enumerate(queries(index, 50))]
+    assert np.mean(recall) >= 0.9, np.mean(recall)
+
+
 def test_exact_scores_of_some_products_equal_the_full_scores(tmp_path):
     for pooling in ("max", "mean", "score-max"):
         index = synthetic(tmp_path / pooling, products=500, pooling=pooling)

@@ -50,6 +50,9 @@ class Hits:
 
 class VectorStore(ABC):
     backend: str = ""
+    # The largest set of products `top_among` answers exactly and cheaply; the searcher's name
+    # blend asks approximate backends only about smaller sets (see Searcher.rank).
+    among_limit: int = 4096
 
     @abstractmethod
     def top(self, query: np.ndarray, k: int) -> Hits:

@@ -210,6 +210,7 @@ def search_params(index_info: dict, k: int, share: float = 1.0) -> dict:
 
 
 class MilvusStore(VectorStore):
+    among_limit = EXACT_AMONG  # fetched and scored locally: exact and fast on any server
     backend = "milvus"
 
     def __init__(self, index: Index, settings):

@@ -1,7 +1,9 @@
 """The product index: build it offline from a catalog folder; `search.store` loads it for serving.
 
-    python -m search.index build --catalog CATALOG_DIR --out INDEX_DIR [--update] [--pooling max]
+    python -m search.index build --catalog CATALOG_DIR --out INDEX_DIR [--update] [--pooling max] [--ann hnsw]
     python -m search.index info --index INDEX_DIR
+    python -m search.index ann --index INDEX_DIR --ann hnsw        # FAISS index for SEARCH_BACKEND=faiss
+    python -m search.index publish --index INDEX_DIR --milvus URI  # vectors to Milvus (SEARCH_BACKEND=milvus)
 
 Catalog: one folder per product (folder name = product name), any number of images inside.
 Every image goes through the background-removal pipeline (in-process, or the service at

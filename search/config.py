@@ -35,9 +35,12 @@ class BackendSettings:
     """Where queries are scored (see search/vectors)."""
 
     backend: str = "exact"  # exact | faiss | milvus
-    faiss_ef_search: int = 128  # HNSW breadth at query time (recall vs time)
+    exact_dtype: str = "float32"  # exact backend: float32, or float16 (half the scan; needs `ann --ann flat-fp16`)
+    # Defaults from bench/scale.py (README "A million products on one box"): the fastest settings
+    # with recall@10 >= 0.95 at 100k products (HNSW) and at 1M (IVF-PQ, whose coarse codes need 16x).
+    faiss_ef_search: int = 256  # HNSW breadth at query time (recall vs time)
     faiss_nprobe: int = 32  # IVF lists visited at query time
-    faiss_oversample: int = 4  # candidates re-scored exactly per result wanted
+    faiss_oversample: int = 16  # candidates re-scored exactly per result wanted
     milvus_uri: str | None = None  # a file path = Milvus Lite; http(s)://host:19530 = a server
     milvus_token: str | None = None  # "user:password" or an API key, for a secured server
     milvus_collection: str | None = None  # default: the name `publish` derives from the index
@@ -47,6 +50,7 @@ class BackendSettings:
     def from_env(cls, env=os.environ) -> BackendSettings:
         return cls(
             backend=env.get("SEARCH_BACKEND", cls.backend).strip().lower(),
+            exact_dtype=env.get("SEARCH_EXACT_DTYPE", cls.exact_dtype).strip().lower(),
             faiss_ef_search=int(env.get("SEARCH_FAISS_EF_SEARCH", cls.faiss_ef_search)),
             faiss_nprobe=int(env.get("SEARCH_FAISS_NPROBE", cls.faiss_nprobe)),
             faiss_oversample=int(env.get("SEARCH_FAISS_OVERSAMPLE", cls.faiss_oversample)),

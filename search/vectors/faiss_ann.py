@@ -10,18 +10,22 @@ bench/scale.py).
 
 Kinds and their parameters (--ann-param key=value):
     hnsw       M=32 (links per node: memory and recall), ef_construction=200 (build breadth);
-               query breadth SEARCH_FAISS_EF_SEARCH (128)
+               query breadth SEARCH_FAISS_EF_SEARCH (256)
     ivf-pq     nlist=4*sqrt(n) (clusters), m=64 (sub-quantizers: bytes per vector), nbits=8;
                query breadth SEARCH_FAISS_NPROBE (32)
     ivf-flat   nlist=4*sqrt(n); nprobe as above
     flat-fp16  every vector scanned in float16 (half the bytes of the exact backend), candidates
-               re-scored in float32: exact up to float16 rounding
+               re-scored in float32: exact up to float16 rounding; also the float16 copy that
+               SEARCH_BACKEND=exact SEARCH_EXACT_DTYPE=float16 scans
+Every kind: SEARCH_FAISS_OVERSAMPLE (16) x k candidates are re-scored exactly.
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,7 @@ from search.vectors.exact import ExactStore
 ANN_KINDS = ("hnsw", "ivf-pq", "ivf-flat", "flat-fp16")
 ADD_BATCH = 100_000
 TRAIN_MAX = 262_144  # vectors used to train IVF/PQ codebooks
+GATHER_LIMIT = 4096  # a set of products this small is scored from its float32 rows, not searched
 
 
 def _faiss():
@@ -116,19 +121,25 @@ def build_ann(index_dir: Path, kind: str, params: dict | None = None, *, progres
 class FaissStore(VectorStore):
     backend = "faiss"
 
-    def __init__(self, index: Index, ann, entry: dict, settings, mapped: bool):
+    def __init__(self, index: Index, ann, entry: dict, mapped: bool, settings):
         self.index, self.ann, self.entry, self.mapped = index, ann, entry, mapped
         self.exact = ExactStore(index)  # re-scores candidates, answers top_among and best images
         self.oversample = max(1, settings.faiss_oversample)
-        faiss = _faiss()
-        if entry["kind"] == "hnsw":
-            self.params = faiss.SearchParametersHNSW(efSearch=int(settings.faiss_ef_search))
-        elif entry["kind"] in ("ivf-pq", "ivf-flat"):
-            self.params = faiss.SearchParametersIVF(nprobe=int(settings.faiss_nprobe))
-        else:
-            self.params = None
+        self.ef_search, self.nprobe = int(settings.faiss_ef_search), int(settings.faiss_nprobe)
+        self.params = self.search_params()
+        self.hits_per_product = 1  # image hits asked for per product wanted (see Float16ExactStore)
         self.search_settings = ({"ef_search": settings.faiss_ef_search} if entry["kind"] == "hnsw" else
                                 {"nprobe": settings.faiss_nprobe} if entry["kind"].startswith("ivf") else {})
+
+    def search_params(self, sel=None):
+        """FAISS query parameters of this kind (a new object: a selector is per call and per thread)."""
+        faiss = _faiss()
+        extra = {"sel": sel} if sel is not None else {}
+        if self.entry["kind"] == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=self.ef_search, **extra)
+        if self.entry["kind"] in ("ivf-pq", "ivf-flat"):
+            return faiss.SearchParametersIVF(nprobe=self.nprobe, **extra)
+        return faiss.SearchParameters(**extra) if extra else None
 
     @classmethod
     def open(cls, index: Index, settings) -> "FaissStore":
@@ -137,6 +148,11 @@ class FaissStore(VectorStore):
             raise VectorStoreError(
                 "SEARCH_BACKEND=faiss but the index has no approximate index; build one with "
                 "`python -m search.index ann --index DIR --ann hnsw` (or `build --ann hnsw`)")
+        return cls(index, *cls.read(index, entry), settings)
+
+    @staticmethod
+    def read(index: Index, entry: dict):
+        """The FAISS index that `entry` describes, memory-mapped where its kind allows: (ann, entry, mapped)."""
         faiss = _faiss()
         path = index.directory / index.meta["generation"] / entry["file"]
         if not path.is_file():
@@ -160,11 +176,11 @@ class FaissStore(VectorStore):
         if ann.ntotal != expected or ann.d != index.product_embeddings.shape[1]:
             raise VectorStoreError(f"the approximate index {path} holds {ann.ntotal} vectors of {ann.d} "
                                    f"dimensions, the index {expected}; rebuild it")
-        return cls(index, ann, entry, settings, mapped)
+        return ann, entry, mapped
 
     def candidates(self, query: np.ndarray, k: int) -> np.ndarray:
         """Product rows the approximate index proposes for the k best (oversampled)."""
-        wanted = min(self.ann.ntotal, max(k * self.oversample, k + 16))
+        wanted = min(self.ann.ntotal, max(k * self.oversample, k + 16) * self.hits_per_product)
         _, found = self.ann.search(np.ascontiguousarray(query[None], np.float32), wanted, params=self.params)
         found = found[0][found[0] >= 0]
         if self.entry.get("over") == "images":
@@ -174,7 +190,41 @@ class FaissStore(VectorStore):
     def top(self, query: np.ndarray, k: int) -> Hits:
         return self.exact.top_among(query, self.candidates(query, k), k)
 
+    def candidates_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+        """The candidates among some product rows only: FAISS skips every other vector (a bitmap
+        selector), so a flat scan reads only those rows' codes."""
+        faiss = _faiss()
+        mask = np.zeros(len(self.index.products), bool)
+        mask[rows] = True
+        if self.entry.get("over") == "images":
+            starts = self.index.product_starts
+            mask = np.repeat(mask, np.diff(starts))
+        bits = np.packbits(mask, bitorder="little")  # FAISS reads bit i of byte i >> 3, lowest first
+        wanted = min(int(mask.sum()), max(k * self.oversample, k + 16) * self.hits_per_product)
+        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))  # `bits` outlives the search
+        _, found = self.ann.search(np.ascontiguousarray(query[None], np.float32), wanted,
+                                   params=self.search_params(selector))
+        found = found[0][found[0] >= 0]
+        if self.entry.get("over") == "images":
+            found = np.searchsorted(self.index.product_starts, found, side="right") - 1
+        return np.unique(found)
+
+    @property
+    def among_limit(self) -> int:
+        # Flat and IVF scans filter cheaply (a bitmap selector), so any set of products can be
+        # asked about; an HNSW walk filtered to a small share of the graph finds few of them, so
+        # there the searcher blends the products of common words from a visual pool instead.
+        return GATHER_LIMIT if self.entry["kind"] == "hnsw" else sys.maxsize
+
+    @property
+    def blend_pool(self) -> int:
+        # An IVF search filtered to a name level costs about one unfiltered search, less than
+        # re-scoring a wide pool's oversampled candidates: no pool beyond the n asked for.
+        return 0 if self.entry["kind"].startswith("ivf") else VectorStore.blend_pool
+
     def top_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
+        if len(rows) > GATHER_LIMIT:
+            rows = self.candidates_among(query, rows, k)
         return self.exact.top_among(query, rows, k)
 
     def best_images(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -185,3 +235,29 @@ class FaissStore(VectorStore):
                 "search": {**self.search_settings, "oversample": self.oversample}, "memory_mapped": self.mapped}
 
 
+class Float16ExactStore(FaissStore):
+    """SEARCH_BACKEND=exact with SEARCH_EXACT_DTYPE=float16: every product is scored, from a float16
+    copy of the product matrix (half the bytes of float32, so about half the time: the scan is
+    memory-bound). numpy has no fast float16 matrix-vector product, so the copy is FAISS's flat
+    float16 index (`python -m search.index ann --ann flat-fp16`), memory-mapped and shared by the
+    workers. The k best (plus 16, a margin for float16 rounding) are re-scored in float32, so scores
+    are true cosines; only products within float16 rounding of the k-th can swap places."""
+
+    backend = "exact"  # any set of products the name blend asks about is scanned exactly too
+
+    @classmethod
+    def open(cls, index: Index, settings) -> "Float16ExactStore":
+        entry = index.meta.get("ann") or {}
+        if entry.get("kind") != "flat-fp16":
+            raise VectorStoreError(
+                "SEARCH_EXACT_DTYPE=float16 scans the index's float16 copy of its vectors, and this "
+                f"index has {'a ' + entry['kind'] + ' approximate index' if entry else 'none'}; write it with "
+                "`python -m search.index ann --index DIR --ann flat-fp16`")
+        store = cls(index, *cls.read(index, entry), replace(settings, faiss_oversample=1))
+        if entry.get("over") == "images":  # score-max: k products surely lie among k x (most images) hits
+            store.hits_per_product = int(np.diff(index.product_starts).max(initial=1))
+        return store
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "pooling": self.index.pooling, "dtype": "float16",
+                "memory_mapped": self.mapped}

@@ -10,7 +10,8 @@ import numpy as np
 from search.store import Index, words
 from search.vectors import Hits
 
-HYBRID_POOL = 512  # visual candidates blended when a query word names many products
+CHEAP_LEVEL = 4096  # products of one name score that are always asked about (read row by row)
+SCORE_SLACK = 1e-3  # how far a backend's own ordering may stray from true cosines (float16 scans)
 
 __all__ = ["QueryCache", "Result", "Searcher", "words"]
 
@@ -89,25 +90,39 @@ class Searcher:
         # A product in the blended top n is among the n visually best of the products sharing its
         # name score (within one name score, the blend orders as the visual score does), and
         # products without a name match can only come from the visual top n. Asking the backend
-        # for those per name score gives the same answer as blending every product. A common word
-        # names too many products to ask about cheaply (more than the backend's among_limit): its
-        # products then come from a wider visual pool instead, so the blend is exact for rare
-        # words and approximate for common ones (bench/scale.py measures the recall).
+        # for those per name score gives the same answer as blending every product.
+        # A common word names many products, and asking about them costs a scan: the visual pool
+        # (the backend's blend_pool best) comes first, and a common level is asked about only when one of
+        # its products outside the pool (visual score at most the pool's last) could still beat
+        # the n-th blended score so far. Levels larger than the backend's among_limit (HNSW) are
+        # never asked about: their products come from the pool alone, so there the blend is exact
+        # for rare words and approximate for common ones (bench/scale.py measures the recall).
         matched, name_scores = self.index.names.matches(text)
-        levels = [matched[name_scores == level] for level in np.unique(name_scores)]
+        levels = [(level, matched[name_scores == level]) for level in np.unique(name_scores)[::-1]]
         if w == 1.0:  # names only: ties go by catalog order, as when every product is blended
             unmatched = np.setdiff1d(np.arange(min(len(self.index.products), n + len(matched))), matched)[:n]
-            rows = np.concatenate([unmatched, *(rows[:n] for rows in levels)])
+            rows = np.concatenate([unmatched, *(rows[:n] for _, rows in levels)])
             return Hits.best(rows, self._name_scores(rows, matched, name_scores), n)
-        pool = n if all(len(rows) <= self.store.among_limit for rows in levels) else max(n, HYBRID_POOL)
+        cheap = min(CHEAP_LEVEL, self.store.among_limit)
+        pool = n if all(len(rows) <= cheap for _, rows in levels) else max(n, self.store.blend_pool)
         hits = self.store.top(query, pool)
-        candidates = [hits] + [self.store.top_among(query, rows, n) for rows in levels
-                               if len(rows) <= self.store.among_limit]
+        candidates = [hits] + [self.store.top_among(query, rows, n) for _, rows in levels if len(rows) <= cheap]
+        outside = hits.scores[-1] + SCORE_SLACK if len(hits.rows) >= pool else -np.inf  # best visual off the pool
+        for level, rows in levels:  # highest name score first: the bar rises soonest
+            if cheap < len(rows) <= self.store.among_limit:
+                bar = self._blend(candidates, matched, name_scores).scores
+                if len(bar) < n or (1.0 - w) * outside + w * level >= bar[n - 1]:
+                    candidates.append(self.store.top_among(query, rows, n))
+        return self._blend(candidates, matched, name_scores, n)
+
+    def _blend(self, candidates: list[Hits], matched: np.ndarray, name_scores: np.ndarray, n: int | None = None) -> Hits:
+        """The n best of the candidates (all of them when n is None) by blended score."""
+        w = self.name_weight
         rows = np.concatenate([c.rows for c in candidates])
         visual = np.concatenate([c.scores for c in candidates])
         rows, first = np.unique(rows, return_index=True)
-        visual = visual[first]
-        return Hits.best(rows, (1.0 - w) * visual + w * self._name_scores(rows, matched, name_scores), n)
+        blended = (1.0 - w) * visual[first] + w * self._name_scores(rows, matched, name_scores)
+        return Hits.best(rows, blended, len(rows) if n is None else n)
 
     @staticmethod
     def _name_scores(rows: np.ndarray, matched: np.ndarray, name_scores: np.ndarray) -> np.ndarray:

@@ -287,6 +287,9 @@ class Index:
         edges = images[:EDGE_CHECK_ROWS], images[-EDGE_CHECK_ROWS:]
         if not (_all_finite(products) and all(_all_finite(e) for e in edges)):
             raise ValueError("NaN or infinite values")
+        # The check mapped every product row into this process; unmap them (they stay in the page
+        # cache), so a worker maps only what its queries read (with the kernel's fault-around).
+        _advise(products, getattr(mmap, "MADV_DONTNEED", 0))
         # Image rows are read a few at a time (the best image of each result): on a cold page
         # cache, read the rows a query needs instead of a readahead window around each.
         _advise(images, getattr(mmap, "MADV_RANDOM", 0))

@@ -62,12 +62,20 @@ def queries(index: Index, count: int, seed: int = 1) -> np.ndarray:
 
 
 @pytest.mark.parametrize("pooling", ["max", "score-max"])
-def test_hybrid_candidates_give_the_same_ranking_as_blending_every_product(tmp_path, pooling):
+@pytest.mark.parametrize("cheap_level", [4096, 30])
+def test_hybrid_candidates_give_the_same_ranking_as_blending_every_product(tmp_path, pooling, cheap_level,
+                                                                             monkeypatch):
+    """Cheap levels are always asked about; with a small CHEAP_LEVEL most levels are common ones,
+    asked about only when the visual pool's bound says a product of theirs could still enter."""
+    monkeypatch.setattr("search.searcher.CHEAP_LEVEL", cheap_level)
     index = synthetic(tmp_path / "idx", pooling=pooling)
     texts = ["black linen tunic", "red dress", "long sleeve navy shirt", "floral", "nothing matches", "black black"]
     for w in (0.0, 0.3, 0.7, 1.0):
         full = Searcher(index, None, store=ExactStore(index), name_weight=w)
-        candidates = Searcher(index, None, store=NoFullScores(ExactStore(index)), name_weight=w)
+        store = NoFullScores(ExactStore(index))
+        store.among_limit = 10**9  # a backend that answers any set of products (flat, IVF)
+        store.blend_pool = 40 if w < 0.5 else 0
+        candidates = Searcher(index, None, store=store, name_weight=w)
         for i, query in enumerate(queries(index, 30)):
             text = texts[i % len(texts)]
             for n in (1, 5, 100):
@@ -123,6 +131,31 @@ def test_faiss_recall_and_true_scores(tmp_path, kind, params, pooling):
     assert store.describe()["ann"] == kind
 
 
+@pytest.mark.parametrize("pooling", ["max", "score-max"])
+def test_faiss_answers_large_name_levels_by_a_filtered_search(tmp_path, pooling, monkeypatch):
+    """IVF and flat kinds search only the products a name level holds (a bitmap selector): with
+    every IVF list probed that is exact, and the blend matches blending every product."""
+    from search.vectors.faiss_ann import FaissStore, build_ann
+
+    monkeypatch.setattr("search.vectors.faiss_ann.GATHER_LIMIT", 50)
+    monkeypatch.setattr("search.searcher.CHEAP_LEVEL", 50)
+    synthetic(tmp_path / "idx", products=6000, pooling=pooling)
+    build_ann(tmp_path / "idx", "ivf-flat", {"nlist": 16}, progress=False)
+    index = Index.load(tmp_path / "idx")
+    store = FaissStore.open(index, BackendSettings(backend="faiss", faiss_nprobe=16))
+    assert store.among_limit > len(index.products)
+    rng = np.random.default_rng(3)
+    for query in queries(index, 10):
+        rows = np.sort(rng.choice(len(index.products), 900, replace=False))
+        got, want = store.top_among(query, rows, 10), ExactStore(index).top_among(query, rows, 10)
+        assert got.rows.tolist() == want.rows.tolist()
+    full = Searcher(index, None, store=ExactStore(index), name_weight=0.3)
+    blended = Searcher(index, None, store=store, name_weight=0.3)
+    for i, query in enumerate(queries(index, 20)):
+        text = ["black linen tunic", "red dress", "floral"][i % 3]
+        assert blended.rank(query, text, 10).rows.tolist() == full.rank(query, text, 10).rows.tolist()
+
+
 def test_faiss_refuses_an_index_without_a_matching_approximate_index(tmp_path):
     from search.vectors.faiss_ann import FaissStore, build_ann
 
@@ -138,6 +171,33 @@ def test_faiss_refuses_an_index_without_a_matching_approximate_index(tmp_path):
     (tmp_path / "idx" / meta["generation"] / meta["ann"]["file"]).write_bytes(b"garbage")
     with pytest.raises(VectorStoreError, match="cannot be read"):
         FaissStore.open(Index.load(tmp_path / "idx"), BackendSettings(backend="faiss"))
+
+
+@pytest.mark.parametrize("pooling", ["max", "score-max"])
+def test_exact_float16_ranks_as_float32_and_returns_true_cosines(tmp_path, pooling, monkeypatch):
+    from search.vectors import open_store
+    from search.vectors.faiss_ann import build_ann
+
+    index = synthetic(tmp_path / "idx", products=6000, pooling=pooling)
+    with pytest.raises(VectorStoreError, match="ann --index DIR --ann flat-fp16"):
+        open_store(BackendSettings(exact_dtype="float16"), index)
+    build_ann(tmp_path / "idx", "flat-fp16", progress=False)
+    index = Index.load(tmp_path / "idx")
+    store, exact = open_store(BackendSettings(exact_dtype="float16"), index), ExactStore(index)
+    assert store.describe() == {"backend": "exact", "pooling": pooling, "dtype": "float16", "memory_mapped": True}
+    texts = ["black linen tunic", "red dress", "floral", "long sleeve navy shirt"]
+    monkeypatch.setattr("search.searcher.CHEAP_LEVEL", 50)  # most levels go through the pool's bound
+    for gather in (4096, 50):  # name levels read from float32 rows, or found by a filtered float16 scan
+        monkeypatch.setattr("search.vectors.faiss_ann.GATHER_LIMIT", gather)
+        for w in (0.0, 0.3, 0.8):
+            half = Searcher(index, None, store=store, name_weight=w)
+            full = Searcher(index, None, store=exact, name_weight=w)
+            for i, query in enumerate(queries(index, 30)):
+                got, want = half.rank(query, texts[i % 4], 10), full.rank(query, texts[i % 4], 10)
+                assert got.rows.tolist() == want.rows.tolist(), (gather, w, i)
+                assert np.allclose(got.scores, want.scores, atol=1e-6)  # re-scored in float32
+    with pytest.raises(VectorStoreError, match="not float32 or float16"):
+        open_store(BackendSettings(exact_dtype="int8"), index)
 
 
 def test_an_unknown_backend_is_refused(tmp_path):

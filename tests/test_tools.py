@@ -184,3 +184,28 @@ def test_problem_for_status_maps_remote_errors():
     assert isinstance(problem_for_status(504, "slow"), UpstreamTimeout)
     odd = problem_for_status(418, "teapot")
     assert isinstance(odd, ProblemError) and odd.status == 418 and odd.detail == "teapot"
+
+
+def test_the_scale_bench_writes_a_servable_index_of_clip_like_vectors(tmp_path):
+    """bench/scale.py's generator writes the service's index format, and its vectors have the
+    geometry its docstring promises (shared direction, close neighbours, a text-like gap)."""
+    from bench.scale import PER_PRODUCT, ClipLike, ClipLikeParams, data_stats, write_generated_index
+    from search.store import Index
+    from search.vectors.exact import ExactStore
+
+    generator = ClipLike(ClipLikeParams(categories=30))
+    write_generated_index(tmp_path / "index", generator, 3000, {"model": "test"}, tmp_path / "catalog")
+    index = Index.load(tmp_path / "index")
+    assert len(index.products) == 3000 and len(index.image_files) == 3000 * PER_PRODUCT
+    assert list(index.products[i] for i in range(3)) == sorted(index.products[i] for i in range(3))
+    rows = index.image_rows(7)
+    pooled = np.asarray(index.image_embeddings[rows.start:rows.stop]).max(axis=0)
+    assert np.allclose(index.product_embeddings[7], pooled / np.linalg.norm(pooled), atol=1e-6)
+    texts, queries, query_categories = generator.queries(40)
+    stats = data_stats(index, queries, query_categories, generator.categories(3000))
+    assert 0.4 < stats["product_pair_cos"] < 0.7  # one shared image direction
+    assert stats["nn1_cos"] > stats["product_pair_cos"] + 0.2  # neighbours within a category
+    assert stats["query_top1"] < stats["product_pair_cos"]  # text queries sit apart (modality gap)
+    assert stats["top10_in_category"] > 0.5  # and still find their category
+    top = ExactStore(index).top(queries[0], 10)
+    assert np.all(np.diff(top.scores) <= 0)

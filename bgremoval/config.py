@@ -8,6 +8,8 @@ from shared.env import env_flag
 from shared.fetch import FetchPolicy
 from shared.images import DEFAULT_MAX_PIXELS
 
+MAIN_PERSON_RULES = ("largest", "central")
+
 
 @dataclass(frozen=True)
 class PipelineSettings:
@@ -18,6 +20,15 @@ class PipelineSettings:
     person_dilation: float = 0.01  # of the working image's diagonal; garment edges may stick out
     working_max_side: int = 1024  # masks are computed at most this large, then scaled up
     keep_main_person: bool = True
+    # Which blob is the main person: "largest" (the biggest blob alone) or "central" (area x
+    # centrality, plus fragments inside its box). With the IS-Net matte on the 704 CCP street
+    # photos, largest scored main-person IoU 0.9508 against 0.9486 (README "Choosing the main person").
+    main_person_rule: str = "largest"
+
+    def __post_init__(self) -> None:
+        if self.main_person_rule not in MAIN_PERSON_RULES:
+            raise ValueError(f"BG_MAIN_PERSON_RULE must be one of {', '.join(MAIN_PERSON_RULES)}, "
+                             f"not {self.main_person_rule!r}")
 
     @classmethod
     def from_env(cls, env=os.environ) -> "PipelineSettings":
@@ -29,6 +40,7 @@ class PipelineSettings:
             person_dilation=float(env.get("BG_PERSON_DILATION", cls.person_dilation)),
             working_max_side=int(env.get("BG_WORKING_MAX_SIDE", cls.working_max_side)),
             keep_main_person=env_flag(env, "BG_KEEP_MAIN_PERSON", cls.keep_main_person),
+            main_person_rule=env.get("BG_MAIN_PERSON_RULE", cls.main_person_rule).strip().lower(),
         )
 
 

@@ -15,16 +15,16 @@ import argparse
 import csv
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from bgremoval.config import BgConfig
+from bgremoval.config import MAIN_PERSON_RULES, BgConfig
 from bgremoval.models import CLOTH_INPUTS, MATTE_INPUTS, MissingWeights, Models, open_session
-from bgremoval.pipeline import GarmentPipeline, NoGarmentFound, composite, keep_main_component
+from bgremoval.pipeline import GarmentPipeline, NoGarmentFound, composite, main_person
 
 # Clothing worn on the body. Everything else is not garment: null (background), skin, hair,
 # footwear, legwear (socks, stockings, tights), bags and accessories (belt, scarf, hat, glasses,
@@ -53,6 +53,7 @@ class Row:
     garment_iou: float | None = None
     person_iou_main: float | None = None
     person_iou_all: float | None = None
+    person_iou_by_rule: dict = field(default_factory=dict)  # every BG_MAIN_PERSON_RULE, to compare
     note: str = ""
 
 
@@ -97,7 +98,9 @@ def evaluate(data: Path, out_dir: Path, limit: int | None, worst: int) -> list[R
         person_truth = labels != background_id
         everyone = pipeline.person_mask(photo)
         row.person_iou_all = iou(everyone, person_truth)
-        row.person_iou_main = iou(keep_main_component(everyone) if everyone.any() else everyone, person_truth)
+        row.person_iou_by_rule = {rule: iou(main_person(everyone, rule) if everyone.any() else everyone, person_truth)
+                                  for rule in MAIN_PERSON_RULES}
+        row.person_iou_main = row.person_iou_by_rule[config.pipeline.main_person_rule]
         if cloth is not None:
             garment_truth = np.isin(labels, garment_ids)
             try:
@@ -142,6 +145,12 @@ def print_table(rows: list[Row]) -> None:
     better = sum(r.person_iou_main > r.person_iou_all for r in changed)
     print(f"keep-main-person changed {len(changed)} of {len(rows)} images: {better} better, "
           f"{len(changed) - better} worse")
+    by_rule = [r.person_iou_by_rule for r in rows if r.person_iou_by_rule]
+    if by_rule:
+        means = ", ".join(f"{rule} {np.mean([b[rule] for b in by_rule]):.4f}" for rule in MAIN_PERSON_RULES)
+        central, largest = (np.array([b[rule] for b in by_rule]) for rule in ("central", "largest"))
+        print(f"main-person IoU by BG_MAIN_PERSON_RULE: {means}; largest beats central on "
+              f"{int((largest > central + 1e-6).sum())} images, loses on {int((largest < central - 1e-6).sum())}")
 
 
 def main(argv: list[str] | None = None) -> int:

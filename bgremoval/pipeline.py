@@ -105,6 +105,21 @@ def keep_main_component(mask: np.ndarray) -> np.ndarray:
     return keep[labels]
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The biggest blob alone (BG_MAIN_PERSON_RULE=largest); ties go to the lowest label."""
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.astype(bool)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    areas[0] = 0
+    return labels == int(np.argmax(areas))
+
+
+def main_person(mask: np.ndarray, rule: str) -> np.ndarray:
+    """The main person's pixels of a person mask, by BG_MAIN_PERSON_RULE."""
+    return largest_component(mask) if rule == "largest" else keep_main_component(mask)
+
+
 def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     if radius <= 0 or not mask.any():
         return mask
@@ -129,7 +144,10 @@ class GarmentPipeline:
                        "min_person_fraction": s.min_person_fraction, "working_max_side": s.working_max_side},
             "garment": {"cloth_model": m.cloth.identity if m.cloth else None, "classes": list(classes),
                         "garment_threshold": s.garment_threshold, "person_dilation": s.person_dilation,
-                        "keep_main_person": s.keep_main_person, "min_garment_fraction": s.min_garment_fraction},
+                        "keep_main_person": s.keep_main_person, "min_garment_fraction": s.min_garment_fraction,
+                        # named only when not the rule every earlier index was built with, so an
+                        # --update of those does not re-embed masks that did not change
+                        **({"main_person_rule": s.main_person_rule} if s.main_person_rule != "central" else {})},
             "product": {"product_model": m.product.identity if m.product else None,
                         "product_threshold": s.person_threshold, "min_garment_fraction": s.min_garment_fraction},
         }
@@ -190,7 +208,7 @@ class GarmentPipeline:
             mask, source = self._product_mask(work, foreground, timings), "product"
         else:
             start = time.perf_counter()
-            main = keep_main_component(person) if s.keep_main_person else person
+            main = main_person(person, s.main_person_rule) if s.keep_main_person else person
             radius = s.person_dilation * np.hypot(*work.size)
             allowed = dilate(main, radius)
             timings["main_person"] = time.perf_counter() - start

@@ -105,6 +105,33 @@ def test_keep_main_component_prefers_large_central_blob():
     assert keep_main_component(inside)[35, 50]
 
 
+def test_main_person_rules_differ_on_a_large_blob_at_the_edge():
+    from bgremoval.config import PipelineSettings
+    from bgremoval.pipeline import largest_component, main_person
+
+    mask = np.zeros((100, 100), bool)
+    mask[0:25, 0:30] = True  # 750 px in the corner
+    mask[40:70, 40:60] = True  # 600 px in the centre
+    assert main_person(mask, "central")[50, 50] and not main_person(mask, "central")[10, 10]
+    assert main_person(mask, "largest")[10, 10] and not main_person(mask, "largest")[50, 50]
+    assert np.array_equal(largest_component(mask), main_person(mask, "largest"))
+    assert not largest_component(np.zeros((4, 4), bool)).any()
+    with pytest.raises(ValueError, match="BG_MAIN_PERSON_RULE must be one of largest, central"):
+        PipelineSettings.from_env({"BG_MAIN_PERSON_RULE": "biggest"})
+    assert PipelineSettings.from_env({"BG_MAIN_PERSON_RULE": " Largest "}).main_person_rule == "largest"
+
+
+def test_the_main_person_rule_is_part_of_the_garment_identity(bg_models):
+    from bgremoval.config import PipelineSettings
+    from bgremoval.pipeline import GarmentPipeline
+
+    central = GarmentPipeline(bg_models, PipelineSettings(main_person_rule="central")).identity()
+    largest = GarmentPipeline(bg_models, PipelineSettings()).identity()
+    assert "main_person_rule" not in central["garment"]  # indexes built before the rule existed stay valid
+    assert largest["garment"]["main_person_rule"] == "largest"
+    assert largest["shared"] == central["shared"] and largest["product"] == central["product"]
+
+
 def _roundtrip(picture: Image.Image, fmt: str, **save) -> bytes:
     buf = io.BytesIO()
     picture.save(buf, fmt, **save)

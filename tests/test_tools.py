@@ -88,6 +88,8 @@ def test_bg_evaluation_scores_a_constructed_dataset_exactly(oracle_weights, tmp_
     exact = lambda value: pytest.approx(value, abs=2e-4)  # a few pixels of resampled edge at most
     assert street.garment_iou == exact(STREET_GARMENT_IOU)
     assert street.person_iou_main == exact(STREET_MAIN_IOU)
+    # the main person is also the largest blob here: both rules agree
+    assert street.person_iou_by_rule == {"largest": exact(STREET_MAIN_IOU), "central": exact(STREET_MAIN_IOU)}
     assert street.person_iou_all == exact(STREET_ALL_IOU)
     assert street.note == ""
     # No person on a flat-lay: the garment comes from the product matte; the person IoU is 0.
@@ -97,6 +99,7 @@ def test_bg_evaluation_scores_a_constructed_dataset_exactly(oracle_weights, tmp_
     assert nothing.note == "No person and no product could be found in the image."
 
     assert "keep-main-person changed 1 of 3 images: 1 better, 0 worse" in out
+    assert "largest beats central on 0 images, loses on 0" in out
     saved = sorted(p.name for p in (tmp_path / "worst").glob("*.jpg"))
     assert saved == ["worst_0.000_c_nothing.jpg", f"worst_{street.garment_iou:.3f}_a_street.jpg"]
 

@@ -89,7 +89,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -310,10 +309,10 @@ def write_generated_index(out: Path, generator, n: int, identity: dict, catalog:
     """Write an index of n products x 5 images in the format search.store.write_index writes (same
     files, names sorted and unique), generating and writing CHUNK products at a time through file
     writes, not a memory map, so the process holds one chunk (not 12 GB of dirty mapped pages)."""
-    from search.store import FORMAT_VERSION, NameIndex, StringTable
+    from search.store import FORMAT_VERSION, NameIndex, StringTable, new_generation_name, write_meta
 
     out.mkdir(parents=True, exist_ok=True)
-    generation = f"gen-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    generation = new_generation_name()
     folder = out / generation
     folder.mkdir()
     images_n = n * PER_PRODUCT
@@ -351,7 +350,7 @@ def write_generated_index(out: Path, generator, n: int, identity: dict, catalog:
             "garment_pipeline": {}, "embed_dim": generator.dim, "pooling": "max", "catalog_dir": str(catalog),
             "catalog_fingerprint": "synthetic", "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "skipped": [], "synthetic": generator.signature(), "products": n, "images": images_n}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    write_meta(out, meta)
     return {"vectors_s": round(vectors_s, 1), "total_s": round(time.perf_counter() - started, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -646,13 +645,17 @@ class Bench:
         return entry
 
     @staticmethod
-    def faiss_store(index, entry: dict, ef: int = 128, nprobe: int = 32, oversample: int = 4):
+    def store_over(index, entry: dict, **settings):
+        """The backend `settings` (BackendSettings fields) name, over `index` with FAISS file `entry`."""
         from search.config import BackendSettings
         from search.vectors import open_store
 
-        with_ann = dataclasses.replace(index, meta={**index.meta, "ann": entry})
-        settings = BackendSettings(backend="faiss", faiss_ef_search=ef, faiss_nprobe=nprobe, faiss_oversample=oversample)
-        return open_store(settings, with_ann)
+        return open_store(BackendSettings(**settings), dataclasses.replace(index, meta={**index.meta, "ann": entry}))
+
+    @classmethod
+    def faiss_store(cls, index, entry: dict, ef: int = 128, nprobe: int = 32, oversample: int = 4):
+        return cls.store_over(index, entry, backend="faiss", faiss_ef_search=ef, faiss_nprobe=nprobe,
+                              faiss_oversample=oversample)
 
     def grid(self, kind: str, n: int) -> list[dict]:
         a = self.args
@@ -711,12 +714,8 @@ class Bench:
 
     def exact_fp16(self, folder, index, texts, vectors, truth, sec) -> None:
         """SEARCH_BACKEND=exact SEARCH_EXACT_DTYPE=float16: its float16 copy is the flat-fp16 file."""
-        from search.config import BackendSettings
-        from search.vectors import open_store
-
         entry = self.ann_entry(folder, index, "flat-fp16", {}, "flat-fp16")
-        with_ann = dataclasses.replace(index, meta={**index.meta, "ann": entry})
-        store = open_store(BackendSettings(backend="exact", exact_dtype="float16"), with_ann)
+        store = self.store_over(index, entry, backend="exact", exact_dtype="float16")
         result = {"config": "exact float16 (faiss flat fp16 scan, float32 re-score)", "entry": entry,
                   "own_mb": entry["bytes"] / 2**20, "build_s": entry["wall_seconds"],
                   "mapped": store.describe().get("memory_mapped"), "setting": {}}

@@ -328,19 +328,9 @@ def print_report(report: BuildReport, out: Path) -> None:
         print("no near-duplicate images across products")
 
 
-def parse_params(pairs: list[str]) -> dict:
-    """KEY=VALUE strings as a dict, numbers as numbers."""
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--ann-param takes KEY=VALUE, not {pair!r}")
-        params[key] = int(value) if value.lstrip("-").isdigit() else value
-    return params
-
-
 def main(argv: list[str] | None = None) -> int:
     from search.config import ClipSettings
+    from search.publish import key_value, register
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -358,20 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--bg-timeout", type=float, default=60.0, help="seconds per request to --bg-url")
     build.add_argument("--ann", choices=(*ANN_KINDS, "none"), default=None,
                        help="also build a FAISS approximate index (SEARCH_BACKEND=faiss); --update keeps the previous one")
-    build.add_argument("--ann-param", action="append", default=[], metavar="KEY=VALUE",
+    build.add_argument("--ann-param", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                        help="approximate-index parameter, e.g. M=32 (see search/vectors/faiss_ann.py)")
     info = sub.add_parser("info", help="describe an index")
     info.add_argument("--index", type=Path, required=True)
     ann = sub.add_parser("ann", help="add or replace the FAISS approximate index of an existing index")
     ann.add_argument("--index", type=Path, required=True)
     ann.add_argument("--ann", choices=ANN_KINDS, required=True)
-    ann.add_argument("--ann-param", action="append", default=[], metavar="KEY=VALUE")
-    try:
-        from search.publish import register
-    except ImportError:  # pragma: no cover - the publish command ships with search/publish.py
-        register = None
-    if register is not None:
-        register(sub)
+    ann.add_argument("--ann-param", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    register(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -380,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ann":
         from search.vectors.faiss_ann import build_ann
 
-        print(json.dumps(build_ann(args.index, args.ann, parse_params(args.ann_param)), indent=1))
+        print(json.dumps(build_ann(args.index, args.ann, dict(args.ann_param)), indent=1))
         return 0
     if args.command == "info":
         index = Index.load(args.index)
@@ -397,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
                              batch_size=args.batch_size, update=args.update, dup_threshold=args.dup_threshold,
-                             ann=args.ann, ann_params=parse_params(args.ann_param))
+                             ann=args.ann, ann_params=dict(args.ann_param))
     except GarmentServiceError as exc:
         print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
         return 1

@@ -251,7 +251,9 @@ def _ensure_index(client, name, kind, wanted: dict, timeout) -> bool:
 # --------------------------------------------------------------------------- command line
 
 
-def _param(text: str) -> tuple[str, object]:
+def key_value(text: str) -> tuple[str, object]:
+    """argparse type of a KEY=VALUE option (--index-param, --ann-param): values parsed as JSON
+    where they are (numbers, true/false), else kept as strings."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r}: expected key=value")
@@ -275,7 +277,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="collection name prefix (default: derived from the index's identity)")
     p.add_argument("--index-type", default="HNSW", help="Milvus vector index type (HNSW, IVF_FLAT, FLAT, ...)")
     p.add_argument("--metric", default="IP", choices=METRICS, type=str.upper)
-    p.add_argument("--index-param", dest="index_params", action="append", type=_param, metavar="KEY=VALUE",
+    p.add_argument("--index-param", dest="index_params", action="append", type=key_value, metavar="KEY=VALUE",
                    help="index build parameter, repeatable (default HNSW M=32 efConstruction=200; "
                         "IVF nlist=4*sqrt(n))")
     p.add_argument("--batch", type=int, default=1000, help="rows per upsert")

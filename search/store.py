@@ -110,12 +110,16 @@ class NameIndex:
         return {"name_words.utf8": blob, "name_words.offsets": word_offsets,
                 "name_postings.offsets": offsets, "name_postings": np.asarray(flat, np.int32)}
 
+    def _postings(self, query: list[str]) -> list[np.ndarray]:
+        """For each query word the index knows, the rows of the products whose names hold it."""
+        return [self.products[self.offsets[row]:self.offsets[row + 1]]
+                for row in (self.vocabulary.find(word) for word in query) if row is not None]
+
     def matches(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Only the products whose names hold at least one of the query's words: their rows
         (sorted) and name scores. Sparse, so an approximate backend never needs all products."""
         query = words(text)
-        postings = [self.products[self.offsets[row]:self.offsets[row + 1]]
-                    for row in (self.vocabulary.find(word) for word in query) if row is not None]
+        postings = self._postings(query)
         if not postings:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         rows, counts = np.unique(np.concatenate(postings), return_counts=True)
@@ -125,10 +129,8 @@ class NameIndex:
         """Share of the query's words that appear in each product's name (0..1), float32."""
         query = words(text)
         counts = np.zeros(self.n_products, np.float32)
-        for word in query:
-            row = self.vocabulary.find(word)
-            if row is not None:
-                counts[self.products[self.offsets[row]:self.offsets[row + 1]]] += 1.0
+        for rows in self._postings(query):
+            counts[rows] += 1.0
         return counts / len(query) if query else counts
 
 
@@ -339,7 +341,7 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
     if names != sorted(names) or len(set(names)) != len(names):
         raise ValueError("product names must be unique and sorted")
     out.mkdir(parents=True, exist_ok=True)
-    generation = f"gen-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:4]}"
+    generation = new_generation_name()
     folder = out / generation
     folder.mkdir()
     starts = np.zeros(len(names) + 1, np.int64)
@@ -361,26 +363,30 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
             os.fsync(fh.fileno())
     meta = {"format_version": FORMAT_VERSION, "generation": generation, **meta,
             "products": len(names), "images": int(starts[-1]), **(extra(folder) if extra else {})}
-    staged = out / ".meta.json.tmp"
-    with open(staged, "w") as fh:
-        json.dump(meta, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(staged, out / "meta.json")  # the switch: one atomic rename
+    write_meta(out, meta)  # the switch: one atomic rename
     _drop_old_generations(out, keep_generations)
     return meta
 
 
-def update_meta(index_dir: Path, **changes) -> dict:
-    """Change top-level meta.json entries of an index atomically (write beside, then rename)."""
-    index_dir = Path(index_dir)
-    meta = {**json.loads((index_dir / "meta.json").read_text()), **changes}
-    staged = index_dir / ".meta.json.tmp"
+def new_generation_name() -> str:
+    """A generation folder name that sorts by time and never repeats."""
+    return f"gen-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:4]}"
+
+
+def write_meta(index_dir: Path, meta: dict) -> None:
+    """Replace meta.json atomically: written and synced beside it, then renamed over it."""
+    staged = Path(index_dir) / ".meta.json.tmp"
     with open(staged, "w") as fh:
         json.dump(meta, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(staged, index_dir / "meta.json")
+    os.replace(staged, Path(index_dir) / "meta.json")
+
+
+def update_meta(index_dir: Path, **changes) -> dict:
+    """Change top-level meta.json entries of an index atomically."""
+    meta = {**json.loads((Path(index_dir) / "meta.json").read_text()), **changes}
+    write_meta(index_dir, meta)
     return meta
 
 

@@ -181,7 +181,11 @@ class FaissStore(VectorStore):
     def candidates(self, query: np.ndarray, k: int) -> np.ndarray:
         """Product rows the approximate index proposes for the k best (oversampled)."""
         wanted = min(self.ann.ntotal, max(k * self.oversample, k + 16) * self.hits_per_product)
-        _, found = self.ann.search(np.ascontiguousarray(query[None], np.float32), wanted, params=self.params)
+        return self._product_rows(query, wanted, self.params)
+
+    def _product_rows(self, query: np.ndarray, wanted: int, params) -> np.ndarray:
+        """The product rows of the approximate index's `wanted` best vectors (sorted, unique)."""
+        _, found = self.ann.search(np.ascontiguousarray(query[None], np.float32), wanted, params=params)
         found = found[0][found[0] >= 0]
         if self.entry.get("over") == "images":
             found = np.searchsorted(self.index.product_starts, found, side="right") - 1
@@ -202,12 +206,7 @@ class FaissStore(VectorStore):
         bits = np.packbits(mask, bitorder="little")  # FAISS reads bit i of byte i >> 3, lowest first
         wanted = min(int(mask.sum()), max(k * self.oversample, k + 16) * self.hits_per_product)
         selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))  # `bits` outlives the search
-        _, found = self.ann.search(np.ascontiguousarray(query[None], np.float32), wanted,
-                                   params=self.search_params(selector))
-        found = found[0][found[0] >= 0]
-        if self.entry.get("over") == "images":
-            found = np.searchsorted(self.index.product_starts, found, side="right") - 1
-        return np.unique(found)
+        return self._product_rows(query, wanted, self.search_params(selector))
 
     @property
     def among_limit(self) -> int:

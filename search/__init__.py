@@ -9,9 +9,9 @@ from search.config import SearchConfig
 def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
     """App factory. `embedder` lets tests share one loaded model between apps."""
     from search.api import bp
-    from search.index import Index
     from search.openapi import OPENAPI
     from search.searcher import Searcher
+    from search.store import Index
     from shared.web import create_service_app
 
     config = config or SearchConfig.from_env()
@@ -19,8 +19,8 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
     def load(app: Flask) -> str:
         from pathlib import Path
 
-        from search.embedder import ClipEmbedder
         from search.store import IndexLoadError
+        from search.text_encoder import EXPORT_DIRNAME, open_text_encoder
         from search.vectors import open_store
 
         index = Index.load(config.index_dir)  # cheap checks first: a bad index fails fast
@@ -33,7 +33,11 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
             raise IndexLoadError(f"the catalog at {catalog} lacks {missing} of the index's {len(index.image_files)} "
                                  f"images (e.g. {', '.join(examples)}); set SEARCH_CATALOG_DIR to the catalog "
                                  "the index was built from, or rebuild the index")
-        model = embedder if embedder is not None else ClipEmbedder(config.clip, text_only=True)
+        if embedder is not None:
+            model = embedder
+        else:
+            model = open_text_encoder(config.clip, config.text_encoder,
+                                      Path(config.text_encoder_dir or Path(config.index_dir) / EXPORT_DIRNAME))
         index.check_compatible(model.identity)
         store = open_store(config.vectors, index)
         searcher = Searcher(index, model, store=store, name_weight=config.name_weight,
@@ -41,11 +45,11 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
         app.extensions["searcher"] = searcher
         app.extensions["catalog_dir"] = catalog
         readiness = app.extensions["readiness"]
-        readiness.info = {"backend": store.describe()}
+        readiness.info = {"backend": store.describe(), "text_encoder": model.describe()}
         readiness.probe = store.check
-        searcher.embed_query("warm up")  # the first torch call is slow; pay it before ready
-        return (f"{len(index.products)} products, {len(index.image_files)} images, {model.model_name}, "
-                f"backend {store.backend}")
+        searcher.embed_query("warm up")  # the first call is slow (torch, onnxruntime); pay it before ready
+        return (f"{len(index.products)} products, {len(index.image_files)} images, {model.model_name} "
+                f"({model.describe()}), backend {store.backend}")
 
     return create_service_app(
         __name__, service="search", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,

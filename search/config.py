@@ -15,7 +15,9 @@ class ClipSettings:
     extra_config_dir: str | None = None  # more model configs (JSON) to register with open_clip
     seed: int = 0
     threads: int = 1
-    text_precision: str = "bf16"  # query text tower: bf16 (where the CPU has it natively) or fp32
+    # Query text tower: auto = fp32 on ONNX Runtime, bf16 on torch where the CPU has it natively;
+    # fp32; bf16 (torch only); int8 (ONNX only, never the default: check search.evaluate first).
+    text_precision: str = "auto"
 
     @classmethod
     def from_env(cls, env=os.environ) -> ClipSettings:
@@ -69,6 +71,10 @@ class SearchConfig:
     catalog_dir: str | None = None  # where /images/ are served from; default: the index's catalog
     public_base_url: str | None = None  # makes result urls absolute
     name_weight: float = 0.3  # share of the score that comes from matching the product name
+    # Who encodes query text: onnx (the export in text_encoder_dir, no torch needed), torch
+    # (open_clip), or auto = onnx when that export exists, else torch.
+    text_encoder: str = "auto"
+    text_encoder_dir: str | None = None  # default: <index_dir>/text-encoder (search.export writes it)
     query_cache_size: int = 1024
     max_body_bytes: int = 256 * 1024  # a 100 KB query is truncated, not refused
 
@@ -78,6 +84,8 @@ class SearchConfig:
         object.__setattr__(self, "index_dir", os.path.abspath(self.index_dir))
         if self.catalog_dir:
             object.__setattr__(self, "catalog_dir", os.path.abspath(self.catalog_dir))
+        if self.text_encoder_dir:
+            object.__setattr__(self, "text_encoder_dir", os.path.abspath(self.text_encoder_dir))
 
     @classmethod
     def from_env(cls, env=os.environ) -> SearchConfig:
@@ -88,6 +96,8 @@ class SearchConfig:
             catalog_dir=env.get("SEARCH_CATALOG_DIR") or None,
             public_base_url=(env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
             name_weight=float(env.get("SEARCH_NAME_WEIGHT", cls.name_weight)),
+            text_encoder=env.get("SEARCH_TEXT_ENCODER", cls.text_encoder).strip().lower(),
+            text_encoder_dir=env.get("SEARCH_TEXT_ENCODER_DIR") or None,
             query_cache_size=int(env.get("QUERY_CACHE_SIZE", cls.query_cache_size)),
             max_body_bytes=int(env.get("SEARCH_MAX_BODY_BYTES", cls.max_body_bytes)),
         )

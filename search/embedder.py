@@ -22,16 +22,9 @@ import torch
 from PIL import Image
 
 from search.config import ClipSettings
+from search.tokenizer import PROBE_TEXT, clip_query_text
 
 log = logging.getLogger("fashion.search")
-PROBE_TEXT = "a photo of a garment"  # its embedding fingerprints the weights (see Index checks)
-# 77 tokens never span more characters than this; cutting first keeps the tokenizer's BPE
-# from chewing through a 100 KB query only to drop all but the start.
-MAX_QUERY_CHARS = 2000
-
-
-def _clip_text(text: str) -> str:
-    return " ".join(text.split())[:MAX_QUERY_CHARS]  # the tokenizer collapses whitespace too
 
 
 def register_model_configs(directory: str | None) -> None:
@@ -76,13 +69,18 @@ class TextTower:
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Same maths as open_clip's CLIP.encode_text, over the tokens up to the last end-of-text."""
-        eot = tokens.argmax(dim=-1)  # the end-of-text token has the highest id
-        length = int(eot.max()) + 1
-        x = self.token_embedding(tokens[:, :length]).to(self.dtype)
+        length = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the highest id
+        return self.run(tokens[:, :length])
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        """encode_text over tokens already cut after the batch's last end-of-text. No value of
+        `tokens` decides the control flow, so a trace of this runs at any length (search.export)."""
+        length = tokens.shape[1]
+        x = self.token_embedding(tokens).to(self.dtype)
         x = x + self.positional_embedding[:length].to(self.dtype)
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0]), eot]
+        x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
         if isinstance(self.text_projection, torch.nn.Linear):
             x = self.text_projection(x)
         elif self.text_projection is not None:
@@ -116,7 +114,10 @@ class ClipEmbedder:
                 and hasattr(model, "token_embedding")):
             self.fp32_text = TextTower.of(model)
         self.query_text = self.fp32_text
-        if self.fp32_text is not None and settings.text_precision == "bf16":
+        if settings.text_precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"CLIP_TEXT_PRECISION={settings.text_precision!r}: the torch encoder runs auto "
+                             "(bf16 where native), bf16 or fp32; int8 needs the ONNX export (search.export)")
+        if self.fp32_text is not None and settings.text_precision in ("auto", "bf16"):
             if bf16_is_native():
                 self.query_text = self.fp32_text.to(torch.bfloat16)
             else:
@@ -128,6 +129,9 @@ class ClipEmbedder:
     @property
     def text_precision(self) -> str:
         return "bf16" if self.query_text is not None and self.query_text.dtype == torch.bfloat16 else "fp32"
+
+    def describe(self) -> str:
+        return f"torch {self.text_precision}"
 
     @property
     def identity(self) -> dict:
@@ -155,7 +159,7 @@ class ClipEmbedder:
         """The token ids the text tower actually sees for `text`: truncated to the context, and
         cut after the end-of-text token where the tower is causal (nothing after it counts).
         At most 77 ids, so they bound the query cache's keys whatever clients send."""
-        tokens = self.tokenizer([_clip_text(text)])[0]
+        tokens = self.tokenizer([clip_query_text(text)])[0]
         if self.query_text is not None:
             tokens = tokens[: int(tokens.argmax()) + 1]
         return tokens.numpy().astype(np.int32)
@@ -173,7 +177,7 @@ class ClipEmbedder:
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, tower: TextTower | None = None) -> np.ndarray:
         """Query embeddings (long text is truncated to the model's context by the tokenizer)."""
-        tokens = self.tokenizer([_clip_text(text) for text in texts])
+        tokens = self.tokenizer([clip_query_text(text) for text in texts])
         tower = tower or self.query_text
         features = tower.encode(tokens) if tower is not None else self.model.encode_text(tokens)
         return torch.nn.functional.normalize(features, dim=-1).numpy().astype(np.float32)
@@ -181,5 +185,5 @@ class ClipEmbedder:
     @torch.inference_mode()
     def encode_texts_full(self, texts: Sequence[str]) -> np.ndarray:
         """The reference path (open_clip's encode_text over all 77 positions, fp32)."""
-        features = self.model.encode_text(self.tokenizer([_clip_text(text) for text in texts]))
+        features = self.model.encode_text(self.tokenizer([clip_query_text(text) for text in texts]))
         return torch.nn.functional.normalize(features, dim=-1).numpy().astype(np.float32)

@@ -193,12 +193,47 @@ def backend_settings(backend: str, index_dir: Path, scratch: Path):
     return index_dir, BackendSettings(backend="milvus", milvus_uri=uri)
 
 
-@pytest.fixture(scope="session", params=SEARCH_BACKENDS)
+@pytest.fixture(scope="session")
+def text_export(tmp_path_factory, tiny_embedder) -> Path:
+    """The tiny model's text tower exported to ONNX (fp32 and int8), as search.export writes it."""
+    from search.export import export_text_encoder
+
+    out = tmp_path_factory.mktemp("export") / "text-encoder"
+    export_text_encoder(tiny_embedder, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_index(synthetic_index, text_export, tmp_path_factory) -> Path:
+    """The synthetic index with its text-encoder export inside, where the service looks first."""
+    import shutil
+
+    from search.text_encoder import EXPORT_DIRNAME
+
+    copy = tmp_path_factory.mktemp("onnx-index") / "index"
+    shutil.copytree(synthetic_index, copy)
+    shutil.copytree(text_export, copy / EXPORT_DIRNAME)
+    return copy
+
+
+# "onnx": the exact backend with queries encoded by the ONNX export instead of torch (the default
+# wherever an export exists, as in the shipped image).
+SEARCH_APPS = (*SEARCH_BACKENDS, "onnx")
+
+
+@pytest.fixture(scope="session", params=SEARCH_APPS)
 def search_app(request, synthetic_index, tiny_embedder, tmp_path_factory):
-    """The search service over the synthetic index, once per vector backend: every test that uses
-    it (contract, bad input, OpenAPI) runs against exact, faiss and milvus (Milvus Lite)."""
+    """The search service over the synthetic index, once per vector backend and once with the ONNX
+    text encoder: every test that uses it (contract, bad input, OpenAPI) runs against exact, faiss,
+    milvus (Milvus Lite) and exact on ONNX Runtime."""
     from search import create_app
 
+    if request.param == "onnx":
+        index_dir = request.getfixturevalue("onnx_index")
+        app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(index_dir)))
+        assert app.extensions["readiness"].info["text_encoder"] == "onnx fp32"
+        app.testing = True
+        return app
     index_dir, vectors = backend_settings(request.param, synthetic_index, tmp_path_factory.mktemp(request.param))
     app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(index_dir), vectors=vectors),
                      embedder=tiny_embedder)

@@ -17,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GUNICORN_THREADS=2
 
 WORKDIR /app
-COPY requirements-bg.txt ./
+# requirements-bg.txt includes requirements-shared.txt with -r.
+COPY requirements-shared.txt requirements-bg.txt ./
 RUN pip install -r requirements-bg.txt
 
 COPY docker/context/ /tmp/context/

@@ -40,9 +40,25 @@ mkdir -p "$CTX/clip" && cp tests/clip_configs/tiny-clip.json "$CTX/clip/"
 .venv/bin/python sample/fetch_catalog.py --from "$CATALOG" --out "$CTX/catalog" 2>/dev/null
 
 build_started=$(date +%s)
-podman-compose -p "$PROJECT" build
+# podman-compose 1.0.3 exits 0 when a build fails (and `up` would then start the previous image);
+# it prints every podman command's "exit code: N", so look for a non-zero one.
+build_log=$(mktemp)
+podman-compose -p "$PROJECT" build 2>&1 | tee "$build_log"
+if grep -q '^exit code: [1-9]' "$build_log"; then
+  rm -f "$build_log"
+  echo "container smoke test failed: an image did not build (see above)"
+  exit 1
+fi
+rm -f "$build_log"
 stamp "images built in $(( $(date +%s) - build_started ))s"
-podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep fashion- || true
+for image in fashion-search:latest fashion-bgremoval:latest; do
+  podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$image"
+done
+# The search image serves queries on the ONNX export: torch must not be in it.
+torch_check=$(podman run --rm --network none fashion-search:latest python -c \
+  "import importlib.util as u; print('torch', 'present' if u.find_spec('torch') else 'absent')") || true
+echo "search image: $torch_check"
+[ "$torch_check" = "torch absent" ] || { echo "container smoke test failed: search image torch check: $torch_check"; exit 1; }
 
 up_started=$(date +%s)
 podman-compose -p "$PROJECT" up -d

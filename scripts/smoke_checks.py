@@ -11,14 +11,15 @@ import requests
 from PIL import Image
 
 
-def wait_ready(base: str, timeout: float) -> float:
+def wait_ready(base: str, timeout: float) -> tuple[float, dict]:
+    """When /readyz first answered 200, and its JSON body."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         try:
             response = requests.get(base + "/readyz", timeout=2)
             if response.status_code == 200:
-                return time.time()
+                return time.time(), response.json()
             last = response.text[:300]
         except requests.RequestException as exc:
             last = str(exc)[:300]
@@ -34,9 +35,14 @@ def main() -> int:
     parser.add_argument("--up-started", type=float, required=True)
     parser.add_argument("--timeout", type=float, default=180)
     args = parser.parse_args()
+    ready = {}
     for name, base in (("bgremoval", args.bg), ("search", args.search)):
-        ready_at = wait_ready(base, args.timeout)
+        ready_at, ready[name] = wait_ready(base, args.timeout)
         print(f"{name}: ready {ready_at - args.up_started:.1f} s after compose up")
+    # The image has no torch: queries must run on the ONNX export (readyz info field).
+    encoder = ready["search"].get("text_encoder", "")
+    assert encoder.startswith("onnx"), f"search /readyz: text_encoder={encoder!r}, expected onnx: {ready['search']}"
+    print(f"search: text encoder {encoder}, backend {ready['search'].get('backend')}")
 
     photo = sorted(args.photo.glob("*/*.png"))[0]
     size = Image.open(photo).size

@@ -5,7 +5,8 @@
 Writes a synthetic index (random clustered unit vectors, product names made of fashion words,
 every image a symlink to one small JPEG so the catalog check passes), starts the search service
 under gunicorn with the shipped config (workers recycled as shipped) and ViT-B-32 with random
-weights (real size), sends queries so the workers touch every index page, then reads
+weights (real size; queries encoded by its ONNX export as in the shipped image, or
+`--text-encoder torch`), sends queries so the workers touch every index page, then reads
 /proc/<pid>/smaps_rollup of each worker. PSS divides shared pages by the processes that map them:
 the memory-mapped index counts once for all workers, not once per worker.
 Traffic goes only to 127.0.0.1.
@@ -95,6 +96,24 @@ def write_synthetic_index(root: Path, products: int, per_product: int, identity:
     return catalog, out, int(counts.sum()), files_s
 
 
+def add_text_encoder(index_dir: Path, embedder, reuse: str | None = None) -> Path:
+    """Give a synthetic index the ONNX text encoder the shipped image serves with (search.export),
+    or copy `reuse`, an export of the same weights."""
+    import shutil
+
+    from search.export import export_text_encoder
+    from search.text_encoder import EXPORT_DIRNAME
+
+    export = index_dir / EXPORT_DIRNAME
+    if reuse:
+        shutil.copytree(reuse, export)
+    else:
+        started = time.perf_counter()
+        export_text_encoder(embedder, export)
+        print(f"export of {embedder.model_name}'s text tower: {time.perf_counter() - started:.0f} s")
+    return export
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=100_000)
@@ -104,15 +123,22 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--text-encoder", choices=("onnx", "torch"), default="onnx",
+                        help="onnx: as the shipped image serves (exports the text tower first)")
+    parser.add_argument("--export", help="reuse this text-encoder export (of --model, random weights, seed 0)")
     args = parser.parse_args()
 
     from search.config import ClipSettings
     from search.embedder import ClipEmbedder
 
-    identity = ClipEmbedder(ClipSettings(model=args.model, pretrained=""), text_only=True).identity
+    embedder = ClipEmbedder(ClipSettings(model=args.model, pretrained=""), text_only=True)
+    identity = embedder.identity
     with tempfile.TemporaryDirectory() as tmp:
         catalog, index_dir, images, files_s = write_synthetic_index(
             Path(tmp), args.products, args.images_per_product, identity, len(identity["probe"]))
+        if args.text_encoder == "onnx":
+            add_text_encoder(index_dir, embedder, args.export)
+        del embedder
         generation = next(index_dir.glob("gen-*"))
         sizes = {p.name: p.stat().st_size / 2**20 for p in generation.glob("*.npy")}
         serving = sum(v for k, v in sizes.items() if not k.startswith(("thumbs", "image_sha256", "image_sources")))
@@ -120,7 +146,8 @@ def main() -> int:
               f"(image_embeddings {sizes['image_embeddings.npy']:.0f} MB, product_embeddings "
               f"{sizes['product_embeddings.npy']:.0f} MB); catalog of symlinks written in {files_s:.0f} s")
         env = {"CLIP_MODEL": args.model, "CLIP_PRETRAINED": "", "SEARCH_INDEX_DIR": str(index_dir),
-               "SEARCH_CATALOG_DIR": str(catalog), "TORCH_THREADS": "1", "GUNICORN_LOG_LEVEL": "warning"}
+               "SEARCH_CATALOG_DIR": str(catalog), "TORCH_THREADS": "1", "GUNICORN_LOG_LEVEL": "warning",
+               "SEARCH_TEXT_ENCODER": args.text_encoder}
         started = time.perf_counter()
         proc, base = start("search:create_app()", env, args.workers, args.threads)
         print(f"ready in {time.perf_counter() - started:.1f} s (every worker loads and checks the catalog)")

@@ -535,17 +535,21 @@ def serve_and_measure(app: str, env: dict, texts: list[str], generation: Path, c
             list(pool.map(post, [f"warm {t}" for t in texts[:max(8 * clients, 40)]]))
         load = load_avg()
         latencies = [post(t) for t in texts]
+        cached = [post(texts[0]) for _ in range(100)]  # the floor: HTTP, Flask and scoring, no encoding
         workers = []
         for pid in worker_pids(proc.pid):
             m = smaps_rollup(pid)
             index_rss, index_pss = mapped_file_mb(pid, str(generation))
+            with open(f"/proc/{pid}/maps") as fh:
+                libtorch = "libtorch" in fh.read()
             workers.append({"pid": pid, "rss": m["Rss"], "pss": m["Pss"], "anon": m.get("Anonymous", 0),
-                            "index_rss": index_rss, "index_pss": index_pss})
+                            "index_rss": index_rss, "index_pss": index_pss, "libtorch": libtorch})
         others = []
         for pid in extra_pids:
             with contextlib.suppress(OSError):
                 others.append({"pid": pid, **{k: smaps_rollup(pid)[k] for k in ("Rss", "Pss")}})
         return {"p50_ms": float(np.percentile(latencies, 50) * 1000), "p95_ms": float(np.percentile(latencies, 95) * 1000),
+                "cached_p50_ms": float(np.percentile(cached, 50) * 1000),
                 "ready_s": ready_s, "workers": workers, "backend": described.get("backend") or described,
                 "load": load, "servers": others}
     finally:

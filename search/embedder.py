@@ -114,10 +114,11 @@ class ClipEmbedder:
                 and hasattr(model, "token_embedding")):
             self.fp32_text = TextTower.of(model)
         self.query_text = self.fp32_text
-        if settings.text_precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"CLIP_TEXT_PRECISION={settings.text_precision!r}: the torch encoder runs auto "
-                             "(bf16 where native), bf16 or fp32; int8 needs the ONNX export (search.export)")
-        if self.fp32_text is not None and settings.text_precision in ("auto", "bf16"):
+        if settings.text_precision not in ("auto", "bf16", "fp32", "int8"):
+            raise ValueError(f"CLIP_TEXT_PRECISION={settings.text_precision!r}: choose auto, fp32, bf16 or int8")
+        # int8 is the ONNX encoder's (the service refuses it on torch); the builder and the
+        # evaluation, which run torch for the images, take the default query path then.
+        if self.fp32_text is not None and settings.text_precision in ("auto", "bf16", "int8"):
             if bf16_is_native():
                 self.query_text = self.fp32_text.to(torch.bfloat16)
             else:

@@ -3,7 +3,9 @@
     python -m search.evaluate --catalog ../shared/data/catalog --queries ../shared/data/queries_dev.tsv
            [--index DIR]   # reuse a built index (else one is built into a temporary folder)
 
-Runs with whatever weights are configured (CLIP_MODEL / CLIP_PRETRAINED, U2NET_HOME). Besides the
+Runs with whatever weights are configured (CLIP_MODEL / CLIP_PRETRAINED, U2NET_HOME), and encodes
+the queries as the service would: with the index's ONNX export when it has one (search.export), so
+`CLIP_TEXT_PRECISION=int8` measures the int8 graph against the default fp32 before you switch. Besides the
 configured setting it compares poolings and name weights, so defaults are chosen from numbers.
 Queries file: TSV with columns query, relevant_products (comma-separated folder names), kind.
 """
@@ -84,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             print_report(build_index(args.catalog, index_dir, embedder, LocalGarments()), index_dir)
         index = Index.load(index_dir)
         index.check_compatible(embedder.identity)
+        encoder = query_encoder(config, Path(index_dir), embedder)
+        index.check_compatible(encoder.identity)
 
-        searcher = Searcher(index, embedder, name_weight=config.name_weight, cache_size=4096)
+        searcher = Searcher(index, encoder, name_weight=config.name_weight, cache_size=4096)
         rows = evaluate(searcher, queries)
         print(f"\nmodel={config.clip.model} pretrained={config.clip.pretrained or '(random)'} "
-              f"pooling={index.pooling} name_weight={config.name_weight}")
+              f"pooling={index.pooling} name_weight={config.name_weight} text_encoder={encoder.describe()}")
         print(f"{'query':<42} {'kind':<17} {'R@1':>5} {'R@5':>5} {'MRR':>5}  top-1")
         for r in rows:
             print(f"{r['query'][:42]:<42} {r['kind']:<17} {r['R@1']:5.2f} {r['R@5']:5.2f} {r['MRR']:5.2f}  {r['top1']}")
@@ -108,6 +112,17 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{s['R@1']:.2f}/{s['R@5']:.2f}/{s['MRR']:.2f}".rjust(19))
             print(f"{method:<10} " + " ".join(cells))
     return 0
+
+
+def query_encoder(config: SearchConfig, index_dir: Path, embedder):
+    """What the service encodes queries with for this index and these settings: its ONNX export
+    (SEARCH_TEXT_ENCODER, CLIP_TEXT_PRECISION=int8 included), or the torch `embedder`."""
+    from search.text_encoder import EXPORT_DIRNAME, EXPORT_META, open_text_encoder
+
+    export = Path(config.text_encoder_dir or index_dir / EXPORT_DIRNAME)
+    if config.text_encoder == "torch" or (config.text_encoder == "auto" and not (export / EXPORT_META).exists()):
+        return embedder
+    return open_text_encoder(config.clip, config.text_encoder, export)
 
 
 def replace_searcher(base: Searcher, index: Index, name_weight: float) -> Searcher:

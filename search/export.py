@@ -176,6 +176,16 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def summary(out: Path, meta: dict) -> list[str]:
+    """One line per graph: its size on disk and how it compares with open_clip's encode_text."""
+    lines = []
+    for precision, figures in meta["measured_against_open_clip"].items():
+        size = sum(p.stat().st_size for p in Path(out).glob(f"{meta['files'][precision]}*")) / 1e6
+        lines.append(f"{precision}: {size:.1f} MB, max abs diff to open_clip encode_text {figures['max_abs_diff']:.2e}, "
+                     f"cosine min {figures['min_cosine']:.6f} mean {figures['mean_cosine']:.6f} over {figures['texts']} texts")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,10 +214,7 @@ def main(argv=None) -> int:
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for precision, figures in meta["measured_against_open_clip"].items():
-        size = sum(p.stat().st_size for p in out.glob(f"{meta['files'][precision]}*")) / 1e6
-        print(f"{precision}: {size:.1f} MB, max abs diff to open_clip {figures['max_abs_diff']:.2e}, "
-              f"min cosine {figures['min_cosine']:.6f} over {figures['texts']} texts")
+    print("\n".join(summary(out, meta)))
     print(f"text encoder for {meta['identity']['model']} written to {out} in {meta['export_s']} s")
     return 0
 

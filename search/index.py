@@ -387,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
         return 1
     print_report(report, args.out)
+    from search.text_encoder import EXPORT_DIRNAME, EXPORT_META
+
+    export = args.out / EXPORT_DIRNAME / EXPORT_META
+    if export.exists() and json.loads(export.read_text()).get("identity") != embedder.identity:
+        print(f"warning: the text encoder in {export.parent} was exported from other CLIP weights and the "
+              f"service will refuse it; export again: python -m search.export --index {args.out}", file=sys.stderr)
     return 0
 
 

@@ -215,3 +215,21 @@ def test_without_export_or_torch_readiness_says_how_to_fix(synthetic_index):
     assert served["ready"] == 503
     assert "search.export" in served["readyz"]["detail"] and "torch" in served["readyz"]["detail"]
     assert served["status"] == 503
+
+
+def test_evaluation_measures_the_encoder_the_service_would_run(synthetic_catalog, onnx_index, tmp_path, capsys,
+                                                                monkeypatch):
+    from search import evaluate
+
+    queries = tmp_path / "q.tsv"
+    queries.write_text("query\trelevant_products\tkind\nyellow dress\t3-yellow-dress-shop-333\tname_words\n")
+    for key, value in {"CLIP_MODEL": "tiny-clip", "CLIP_PRETRAINED": "", "CLIP_CONFIG_DIR": TINY["extra_config_dir"],
+                       "CLIP_TEXT_PRECISION": "int8"}.items():
+        monkeypatch.setenv(key, value)
+    args = ["--catalog", str(synthetic_catalog), "--queries", str(queries), "--index", str(onnx_index)]
+    assert evaluate.main(args) == 0
+    assert "text_encoder=onnx int8" in capsys.readouterr().out
+    monkeypatch.setenv("SEARCH_TEXT_ENCODER", "torch")
+    monkeypatch.setenv("CLIP_TEXT_PRECISION", "fp32")
+    assert evaluate.main(args) == 0
+    assert "text_encoder=torch fp32" in capsys.readouterr().out

@@ -65,6 +65,7 @@ class BgConfig:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     weights_dir: str | None = None  # U2NET_HOME; rembg reads it too
     ort_threads: int = 1  # per session; workers x threads should not exceed the cores
+    device: str = "cpu"  # DEVICE: auto | cpu | cuda (onnxruntime's CUDA provider; shared/device.py)
     allow_download: bool = False  # let rembg download missing weights at start (needs internet)
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -83,6 +84,7 @@ class BgConfig:
             pipeline=PipelineSettings.from_env(env),
             weights_dir=env.get("U2NET_HOME") or None,
             ort_threads=int(env.get("ORT_THREADS", cls.ort_threads)),
+            device=env.get("DEVICE", cls.device).strip().lower(),
             allow_download=env_flag(env, "BG_ALLOW_DOWNLOAD"),
             jpeg_quality=int(env.get("BG_JPEG_QUALITY", cls.jpeg_quality)),
             max_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_pixels)),

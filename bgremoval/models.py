@@ -18,6 +18,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from bgremoval.config import BgConfig
+from shared.device import onnx_providers, report_provider
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,7 +119,8 @@ def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig) -> Mo
     # cloth at 768 px: 3.1 GB resident after two runs, vs ~0.5 GB without, at the same speed), so a
     # worker's memory would be the peak of every model times every thread, forever.
     options.enable_cpu_mem_arena = False
-    session = new_session(name, sess_opts=options, providers=["CPUExecutionProvider"])
+    session = new_session(name, sess_opts=options, providers=onnx_providers(config.device))
+    report_provider(name, config.device, session.inner_session.get_providers())
     return ModelSession(name, session, specs[name], weights_file(name))
 
 

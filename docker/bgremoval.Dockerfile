@@ -20,6 +20,11 @@ WORKDIR /app
 # requirements-bg.txt includes requirements-shared.txt with -r.
 COPY requirements-shared.txt requirements-bg.txt ./
 RUN pip install -r requirements-bg.txt
+# 1: onnxruntime's CUDA build (requirements-gpu.txt); run with DEVICE=cuda and a GPU
+# (docker-compose.gpu.yml). 0: the CPU image.
+ARG GPU=0
+COPY requirements-gpu.txt ./
+RUN if [ "$GPU" = 1 ]; then pip uninstall -y onnxruntime && pip install -r requirements-gpu.txt; fi
 
 COPY docker/context/ /tmp/context/
 COPY shared/ shared/

@@ -40,6 +40,13 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install -r requirements-search-build.txt; \
     fi
 
+# 1: the builder gets onnxruntime's CUDA build for the bg models (pair it with TORCH_INDEX_URL=""
+# for torch's CUDA wheel), to index on a GPU with DEVICE=cuda (docker-compose.gpu.yml `indexer`).
+# The runtime stage is the same either way: it serves text queries on the CPU.
+ARG GPU=0
+COPY requirements-gpu.txt ./
+RUN if [ "$GPU" = 1 ]; then pip uninstall -y onnxruntime && pip install -r requirements-gpu.txt; fi
+
 COPY docker/context/ /tmp/context/
 COPY shared/ shared/
 COPY bgremoval/ bgremoval/

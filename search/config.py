@@ -15,6 +15,7 @@ class ClipSettings:
     extra_config_dir: str | None = None  # more model configs (JSON) to register with open_clip
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"  # DEVICE: auto | cpu | cuda; the image tower (indexing) runs there in fp16 on CUDA
     # Query text tower: auto = fp32 on ONNX Runtime, bf16 on torch where the CPU has it natively;
     # fp32; bf16 (torch only); int8 (ONNX only, never the default: check search.evaluate first).
     text_precision: str = "auto"
@@ -28,6 +29,7 @@ class ClipSettings:
             extra_config_dir=env.get("CLIP_CONFIG_DIR") or None,
             seed=int(env.get("CLIP_SEED", cls.seed)),
             threads=int(env.get("TORCH_THREADS", cls.threads)),
+            device=env.get("DEVICE", cls.device).strip().lower(),
             text_precision=env.get("CLIP_TEXT_PRECISION", cls.text_precision).lower(),
         )
 

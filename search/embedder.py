@@ -124,8 +124,18 @@ class ClipEmbedder:
             else:
                 log.info("this CPU has no native bf16: text queries run in fp32")
         self._identity = None
+        self.device = "cpu"
         if text_only:
             self.model.visual = None
+        else:
+            from shared.device import torch_device
+
+            self.device = torch_device(settings.device)
+            if self.device == "cuda":
+                # Only the image tower moves: the text tower (the identity probe, queries) stays
+                # fp32 on the CPU, so an index built on a GPU is served and checked like any other.
+                self.model.visual.to(self.device, dtype=torch.float16)
+            log.info("CLIP image tower on %s%s", self.device, " (fp16)" if self.device == "cuda" else "")
 
     @property
     def text_precision(self) -> str:
@@ -153,8 +163,10 @@ class ClipEmbedder:
         if self.model.visual is None:
             raise RuntimeError("this embedder was loaded text-only")
         batch = torch.stack([self.preprocess(im) for im in images])
-        features = self.model.encode_image(batch)
-        return torch.nn.functional.normalize(features, dim=-1).numpy().astype(np.float32)
+        if self.device == "cuda":
+            batch = batch.to(self.device, dtype=torch.float16, non_blocking=True)
+        features = self.model.encode_image(batch).float()
+        return torch.nn.functional.normalize(features, dim=-1).cpu().numpy().astype(np.float32)
 
     def query_tokens(self, text: str) -> np.ndarray:
         """The token ids the text tower actually sees for `text`: truncated to the context, and

@@ -191,9 +191,97 @@ def _reusable(out: Path, identity: dict, garment_id: dict, report: BuildReport) 
     return reusable
 
 
+@dataclass(frozen=True)
+class BuildModels:
+    """How a build process loads its models. Picklable: each `--workers` process loads its own set."""
+
+    clip: object  # search.config.ClipSettings
+    bg_url: str | None = None  # a bg-removal service instead of the in-process pipeline
+    bg_timeout: float = 60.0
+    bg_retries: int = 5
+
+    def load(self):
+        from search.embedder import ClipEmbedder
+        from search.garments import LocalGarments, RemoteGarments
+
+        garments = (RemoteGarments(self.bg_url, timeout=self.bg_timeout, retries=self.bg_retries)
+                    if self.bg_url else LocalGarments())
+        return ClipEmbedder(self.clip), garments
+
+
+def embed_batch(catalog: Path, batch: list[CatalogImage], embedder, garments) -> list[tuple[str, tuple | str]]:
+    """Each image's (vector, thumbnail, source), or the reason it is skipped, keyed by relpath.
+    The batch is embedded in one call; a build gets the same vectors whichever process runs it."""
+    results, kept, cutouts = [], [], []
+    for im in batch:
+        try:
+            decoded = decode_image((catalog / im.product / im.file).read_bytes(), max_side=garments.working_max_side)
+        except ProblemError as exc:  # the image itself is unusable: skip it, say why
+            results.append((im.relpath, f"unreadable: {exc.detail}"))
+            continue
+        try:
+            cutouts.append(garments.garment(decoded))
+        except Unprocessable as exc:  # the only per-image answer that means "skip"
+            results.append((im.relpath, f"no garment: {exc.detail}"))
+            continue
+        kept.append(im)
+    if kept:
+        vectors = embedder.encode_images([c.picture for c in cutouts])
+        for im, vector, cutout in zip(kept, vectors, cutouts, strict=True):
+            results.append((im.relpath, (vector, thumbnail(cutout.picture), cutout.source)))
+    return results
+
+
+_worker_models: tuple | None = None
+
+
+def _load_worker_models(models: BuildModels) -> None:
+    global _worker_models
+    _worker_models = models.load()
+
+
+def _embed_batch_in_worker(catalog: Path, batch: list[CatalogImage]) -> tuple[dict, dict, list]:
+    embedder, garments = _worker_models
+    return embedder.identity, garments.identity, embed_batch(catalog, batch, embedder, garments)
+
+
+def embedded_batches(catalog: Path, batches: list[list[CatalogImage]], embedder, garments, workers: int,
+                     models: BuildModels | None, ray: str | None = None):
+    """embed_batch over every batch: here, or spread over `workers` processes that each load
+    their own models from `models` (CPU: one core each; the same vectors as one process), or
+    over a Ray cluster's actors (`ray`: an address, or "local"; search/ray_build.py)."""
+    if ray:
+        from search.ray_build import ray_batches
+
+        if models is None:
+            raise ValueError("--ray needs `models`: how each actor loads its models")
+        yield from ray_batches(catalog, batches, embedder, garments, models, ray, workers if workers > 1 else None)
+        return
+    if workers <= 1:
+        for batch in batches:
+            yield embed_batch(catalog, batch, embedder, garments)
+        return
+    if models is None:
+        raise ValueError("workers > 1 needs `models`: how each worker process loads its models")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: torch's and onnxruntime's thread pools do not survive a fork.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_load_worker_models, initargs=(models,)) as pool:
+        futures = [pool.submit(_embed_batch_in_worker, catalog, batch) for batch in batches]
+        for future in futures:
+            clip_identity, garment_identity, results = future.result()
+            if clip_identity != embedder.identity or garment_identity != garments.identity:
+                raise RuntimeError("a worker process loaded other models than the build's; check that every "
+                                   "process sees the same CLIP_* / BG_* settings and weights")
+            yield results
+
+
 def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = "max",
                 batch_size: int = 16, update: bool = False, dup_threshold: float = 0.97,
-                progress: bool = True, ann: str | None = None, ann_params: dict | None = None) -> BuildReport:
+                progress: bool = True, ann: str | None = None, ann_params: dict | None = None,
+                workers: int = 1, models: BuildModels | None = None, ray: str | None = None) -> BuildReport:
     """Embed every catalog image's garment and write the index. Images that cannot be read or
     hold no garment are skipped and listed with the reason; anything else that fails (the
     bg-removal service down after its retries, a model error) stops the build and leaves the
@@ -232,29 +320,19 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
             return "changed image"
         return "pipeline changed" if im.relpath in reuse.stale else "skipped before"
 
-    bar = tqdm(total=len(pending), desc="indexing", unit="img", disable=not progress)
-    for first in range(0, len(pending), batch_size):
-        batch, cutouts = [], []
-        for im in pending[first:first + batch_size]:
+    by_relpath = {im.relpath: im for im in pending}
+    batches = [pending[first:first + batch_size] for first in range(0, len(pending), batch_size)]
+    where = f" (Ray {ray})" if ray else f" ({workers} processes)" if workers > 1 else ""
+    bar = tqdm(total=len(pending), desc=f"indexing{where}", unit="img", disable=not progress)
+    for results in embedded_batches(catalog, batches, embedder, garments, workers, models, ray):
+        for relpath, outcome in results:
             bar.update(1)
-            try:
-                decoded = decode_image((catalog / im.product / im.file).read_bytes(),
-                                       max_side=garments.working_max_side)
-            except ProblemError as exc:  # the image itself is unusable: skip it, say why
-                report.skipped.append({"image": im.relpath, "reason": f"unreadable: {exc.detail}"})
+            if isinstance(outcome, str):
+                report.skipped.append({"image": relpath, "reason": outcome})
                 continue
-            try:
-                cutouts.append(garments.garment(decoded))
-            except Unprocessable as exc:  # the only per-image answer that means "skip"
-                report.skipped.append({"image": im.relpath, "reason": f"no garment: {exc.detail}"})
-                continue
-            batch.append(im)
-        if batch:
-            vectors = embedder.encode_images([c.picture for c in cutouts])
-            for im, vector, cutout in zip(batch, vectors, cutouts, strict=True):
-                done[im.relpath] = (vector, thumbnail(cutout.picture), cutout.source)
-                report.reembedded[why(im)] += 1
-                report.embedded += 1
+            done[relpath] = outcome
+            report.reembedded[why(by_relpath[relpath])] += 1
+            report.embedded += 1
     bar.close()
 
     kept = sorted((im for im in images if im.relpath in done), key=lambda im: (im.product, im.file))
@@ -338,8 +416,18 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--catalog", type=Path, required=True)
     build.add_argument("--out", type=Path, required=True)
     build.add_argument("--pooling", choices=POOLINGS, default="max")
-    build.add_argument("--batch-size", type=int, default=16)
+    build.add_argument("--batch-size", type=int, default=None,
+                       help="images per CLIP call (default 16 on the CPU, 256 with DEVICE=cuda)")
     build.add_argument("--update", action="store_true", help="re-embed only new or changed images")
+    build.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="run the garment and embedding steps as a Ray Data job: on a local Ray (no ADDRESS) "
+                            "or a cluster (e.g. ray://head:10001 or auto); see search/ray_build.py")
+    build.add_argument("--publish", metavar="MILVUS_URI",
+                       help="then upsert the new index into Milvus (as `search.index publish --milvus URI`; "
+                            "MILVUS_TOKEN / MILVUS_COLLECTION from the environment)")
+    build.add_argument("--workers", type=int, default=1,
+                       help="processes, each with its own models (CPU: one per core, with ORT_THREADS and "
+                            "TORCH_THREADS at 1); 0 = one per core. The index is the same as with 1")
     build.add_argument("--dup-threshold", type=float, default=0.97, help="embedding cosine for the duplicate report")
     build.add_argument("--bg-url", default=os.environ.get("BG_SERVICE_URL"),
                        help="use a running bg-removal service instead of the in-process pipeline")
@@ -373,20 +461,31 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**meta, "skipped": len(index.meta.get("skipped", []))}, indent=1))
         return 0
 
-    from search.embedder import ClipEmbedder
-    from search.garments import GarmentServiceError, LocalGarments, RemoteGarments
+    from search.garments import GarmentServiceError
 
-    garments = (RemoteGarments(args.bg_url, timeout=args.bg_timeout, retries=args.bg_retries)
-                if args.bg_url else LocalGarments())
-    embedder = ClipEmbedder(ClipSettings.from_env())
+    models = BuildModels(ClipSettings.from_env(), args.bg_url, args.bg_timeout, args.bg_retries)
+    embedder, garments = models.load()  # the build's identity; with --workers, each worker loads its own too
+    workers = args.workers or os.cpu_count() or 1
+    batch_size = args.batch_size or (256 if embedder.device == "cuda" else 16)
     try:
         report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
-                             batch_size=args.batch_size, update=args.update, dup_threshold=args.dup_threshold,
-                             ann=args.ann, ann_params=dict(args.ann_param))
+                             batch_size=batch_size, update=args.update, dup_threshold=args.dup_threshold,
+                             ann=args.ann, ann_params=dict(args.ann_param), workers=workers, models=models,
+                             ray=args.ray)
     except GarmentServiceError as exc:
         print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
         return 1
     print_report(report, args.out)
+    if args.publish:
+        from search.publish import PublishError, publish
+
+        try:
+            published = publish(args.out, args.publish, token=os.environ.get("MILVUS_TOKEN") or None,
+                                collection=os.environ.get("MILVUS_COLLECTION") or None)
+        except PublishError as exc:
+            print(f"error: the index was built, but publishing it failed: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(published, indent=1))
     from search.text_encoder import EXPORT_DIRNAME, EXPORT_META
 
     export = args.out / EXPORT_DIRNAME / EXPORT_META

@@ -262,3 +262,73 @@ def test_cli_reports_a_failed_service_and_exits_non_zero(built, tmp_path, catalo
     err = capsys.readouterr().err
     assert code == 1 and "503" in err and "left as it was" in err
     assert snapshot(out) == before
+
+
+def test_workers_build_the_same_index(tmp_path, synthetic_catalog, synthetic_index, tiny_embedder, bg_pipeline,
+                                      oracle_weights):
+    """--workers 2: two spawned processes, each loading its own models from the settings (the
+    oracle bg models through U2NET_HOME), give the index one process gives."""
+    from search.config import ClipSettings
+    from search.index import BuildModels
+    from tests.conftest import TINY
+
+    out = tmp_path / "index"
+    report = build_index(synthetic_catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False,
+                         batch_size=2, workers=2, models=BuildModels(ClipSettings(**TINY)))
+    one, two = Index.load(synthetic_index, for_building=True), Index.load(out, for_building=True)
+    assert list(two.products) == list(one.products) and list(two.image_files) == list(one.image_files)
+    assert report.embedded == len(one.image_files)
+    # batch_size differs from the one-process build (16): the vectors agree to float rounding
+    assert np.abs(np.asarray(two.image_embeddings) - np.asarray(one.image_embeddings)).max() <= 1e-5
+    assert np.abs(np.asarray(two.product_embeddings) - np.asarray(one.product_embeddings)).max() <= 1e-5
+    assert two.meta["embedder"] == one.meta["embedder"]
+    assert two.meta["garment_pipeline"] == one.meta["garment_pipeline"]
+
+
+def test_workers_refuse_models_other_than_the_builds(tmp_path, synthetic_catalog, tiny_embedder, bg_pipeline,
+                                                     oracle_weights):
+    from search.config import ClipSettings
+    from search.index import BuildModels
+    from tests.conftest import TINY
+
+    with pytest.raises(RuntimeError, match="other models"):
+        build_index(synthetic_catalog, tmp_path / "index", tiny_embedder, LocalGarments(bg_pipeline),
+                    progress=False, workers=2, models=BuildModels(ClipSettings(**{**TINY, "seed": 3})))
+    assert not (tmp_path / "index" / "meta.json").exists()
+
+
+def test_ray_build_gives_the_same_index(tmp_path, synthetic_catalog, synthetic_index, tiny_embedder, bg_pipeline,
+                                        oracle_weights, monkeypatch):
+    """--ray on a local Ray with 2 CPUs: actors load the models from the driver's settings and
+    the index matches the single-process build within 1e-5."""
+    pytest.importorskip("ray", reason="the Ray build needs requirements-ray.txt")
+    from search.config import ClipSettings
+    from search.index import BuildModels
+    from tests.conftest import TINY
+
+    for key, value in {"CLIP_MODEL": TINY["model"], "CLIP_PRETRAINED": "", "CLIP_CONFIG_DIR": TINY["extra_config_dir"]}.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "index"
+    report = build_index(synthetic_catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False,
+                         batch_size=4, workers=2, models=BuildModels(ClipSettings(**TINY)), ray="local")
+    one, ray_built = Index.load(synthetic_index, for_building=True), Index.load(out, for_building=True)
+    assert list(ray_built.products) == list(one.products) and list(ray_built.image_files) == list(one.image_files)
+    assert report.embedded == len(one.image_files)
+    assert np.abs(np.asarray(ray_built.image_embeddings) - np.asarray(one.image_embeddings)).max() <= 1e-5
+    assert np.abs(np.asarray(ray_built.product_embeddings) - np.asarray(one.product_embeddings)).max() <= 1e-5
+    assert np.array_equal(np.asarray(ray_built.builder["image_sources"]), np.asarray(one.builder["image_sources"]))
+    assert ray_built.meta["skipped"] == one.meta["skipped"]
+
+
+def test_build_cli_publishes_to_milvus(tmp_path, synthetic_catalog, oracle_weights, monkeypatch, capsys):
+    """`build --publish URI`: the build, then the idempotent upsert into Milvus (Lite here)."""
+    pytest.importorskip("milvus_lite", reason="needs milvus-lite (requirements-dev.txt)")
+    from search.index import main
+    from tests.conftest import TINY
+
+    for key, value in {"CLIP_MODEL": TINY["model"], "CLIP_PRETRAINED": "", "CLIP_CONFIG_DIR": TINY["extra_config_dir"]}.items():
+        monkeypatch.setenv(key, value)
+    uri = str(tmp_path / "milvus.db")
+    assert main(["build", "--catalog", str(synthetic_catalog), "--out", str(tmp_path / "index"), "--publish", uri]) == 0
+    out = capsys.readouterr().out
+    assert "indexed 12 of 12 images" in out and '"upserted"' in out

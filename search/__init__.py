@@ -20,7 +20,7 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
         from pathlib import Path
 
         from search.store import IndexLoadError
-        from search.text_encoder import EXPORT_DIRNAME, open_text_encoder
+        from search.text_encoder import export_dir, open_text_encoder
         from search.vectors import open_store
 
         index = Index.load(config.index_dir)  # cheap checks first: a bad index fails fast
@@ -36,8 +36,7 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
         if embedder is not None:
             model = embedder
         else:
-            model = open_text_encoder(config.clip, config.text_encoder,
-                                      Path(config.text_encoder_dir or Path(config.index_dir) / EXPORT_DIRNAME))
+            model = open_text_encoder(config.clip, config.text_encoder, export_dir(config))
         index.check_compatible(model.identity)
         store = open_store(config.vectors, index)
         searcher = Searcher(index, model, store=store, name_weight=config.name_weight,

@@ -23,6 +23,7 @@ import numpy as np
 from search.config import SearchConfig
 from search.index import POOLINGS, Index, build_index, pool_products, print_report
 from search.searcher import Searcher
+from search.text_encoder import export_dir, open_text_encoder
 
 NAME_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0)
 
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             print_report(build_index(args.catalog, index_dir, embedder, LocalGarments()), index_dir)
         index = Index.load(index_dir)
         index.check_compatible(embedder.identity)
-        encoder = query_encoder(config, Path(index_dir), embedder)
+        # The queries are encoded as the service would: the index's ONNX export where it has one.
+        encoder = open_text_encoder(config.clip, config.text_encoder, export_dir(config, index_dir),
+                                    torch_encoder=embedder)
         index.check_compatible(encoder.identity)
 
         searcher = Searcher(index, encoder, name_weight=config.name_weight, cache_size=4096)
@@ -112,17 +115,6 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{s['R@1']:.2f}/{s['R@5']:.2f}/{s['MRR']:.2f}".rjust(19))
             print(f"{method:<10} " + " ".join(cells))
     return 0
-
-
-def query_encoder(config: SearchConfig, index_dir: Path, embedder):
-    """What the service encodes queries with for this index and these settings: its ONNX export
-    (SEARCH_TEXT_ENCODER, CLIP_TEXT_PRECISION=int8 included), or the torch `embedder`."""
-    from search.text_encoder import EXPORT_DIRNAME, EXPORT_META, open_text_encoder
-
-    export = Path(config.text_encoder_dir or index_dir / EXPORT_DIRNAME)
-    if config.text_encoder == "torch" or (config.text_encoder == "auto" and not (export / EXPORT_META).exists()):
-        return embedder
-    return open_text_encoder(config.clip, config.text_encoder, export)
 
 
 def replace_searcher(base: Searcher, index: Index, name_weight: float) -> Searcher:

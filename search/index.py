@@ -232,17 +232,31 @@ def embed_batch(catalog: Path, batch: list[CatalogImage], embedder, garments) ->
     return results
 
 
+def models_fingerprint(embedder, garments) -> str:
+    """The models a build process loaded, as one string: CLIP's identity and the bg pipeline's."""
+    return hashlib.sha256(json.dumps([embedder.identity, garments.identity], sort_keys=True).encode()).hexdigest()
+
+
+def check_same_models(fingerprints, expected: str, who: str) -> None:
+    """A worker (process or Ray actor) must have loaded the build's models, or its vectors and the
+    index's recorded identity would disagree."""
+    if set(fingerprints) != {expected}:
+        raise RuntimeError(f"a {who} loaded other models than the build's; check that every {who} sees the same "
+                           "CLIP_* / BG_* settings and weights")
+
+
 _worker_models: tuple | None = None
 
 
 def _load_worker_models(models: BuildModels) -> None:
     global _worker_models
-    _worker_models = models.load()
+    embedder, garments = models.load()
+    _worker_models = embedder, garments, models_fingerprint(embedder, garments)
 
 
-def _embed_batch_in_worker(catalog: Path, batch: list[CatalogImage]) -> tuple[dict, dict, list]:
-    embedder, garments = _worker_models
-    return embedder.identity, garments.identity, embed_batch(catalog, batch, embedder, garments)
+def _embed_batch_in_worker(catalog: Path, batch: list[CatalogImage]) -> tuple[str, list]:
+    embedder, garments, fingerprint = _worker_models
+    return fingerprint, embed_batch(catalog, batch, embedder, garments)
 
 
 def embedded_batches(catalog: Path, batches: list[list[CatalogImage]], embedder, garments, workers: int,
@@ -270,11 +284,10 @@ def embedded_batches(catalog: Path, batches: list[list[CatalogImage]], embedder,
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_load_worker_models, initargs=(models,)) as pool:
         futures = [pool.submit(_embed_batch_in_worker, catalog, batch) for batch in batches]
+        expected = models_fingerprint(embedder, garments)
         for future in futures:
-            clip_identity, garment_identity, results = future.result()
-            if clip_identity != embedder.identity or garment_identity != garments.identity:
-                raise RuntimeError("a worker process loaded other models than the build's; check that every "
-                                   "process sees the same CLIP_* / BG_* settings and weights")
+            fingerprint, results = future.result()
+            check_same_models([fingerprint], expected, "worker process")
             yield results
 
 

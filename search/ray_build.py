@@ -16,8 +16,6 @@ The driver passes its CLIP_*/BG_*/DEVICE settings to the actors.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -33,14 +31,12 @@ FORWARDED_ENV = ("CLIP_", "BG_", "U2NET_HOME", "ORT_THREADS", "TORCH_THREADS", "
                  "HF_HUB_OFFLINE")
 
 
-def models_fingerprint(embedder, garments) -> str:
-    return hashlib.sha256(json.dumps([embedder.identity, garments.identity], sort_keys=True).encode()).hexdigest()
-
-
 class EmbedActor:
     """One model set per actor, loaded once; embeds one batch of catalog rows per call."""
 
     def __init__(self, models, catalog: str):
+        from search.index import models_fingerprint
+
         self.embedder, self.garments = models.load()
         self.catalog = Path(catalog)
         self.fingerprint = models_fingerprint(self.embedder, self.garments)
@@ -90,6 +86,8 @@ def ray_batches(catalog: Path, batches: list, embedder, garments, models, addres
                 workers: int | None = None) -> Iterator[list[tuple[str, tuple | str]]]:
     """search.index.embedded_batches on Ray: the same (relpath, outcome) lists, in batches of
     the build's batch size, in whatever order the actors finish."""
+    from search.index import check_same_models, models_fingerprint
+
     try:
         import ray
     except ImportError:
@@ -115,9 +113,7 @@ def ray_batches(catalog: Path, batches: list, embedder, garments, models, addres
             compute=ray.data.ActorPoolStrategy(size=size), **resources)
         expected = models_fingerprint(embedder, garments)
         for out in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            if set(out["models"]) != {expected}:
-                raise RuntimeError("a Ray actor loaded other models than the build's; every node needs the same "
-                                   "weights and CLIP_*/BG_* settings")
+            check_same_models(out["models"], expected, "Ray actor")
             yield [(str(relpath), str(reason) if reason else (vector, thumb, str(source)))
                    for relpath, vector, thumb, source, reason in zip(out["relpath"], out["vector"], out["thumb"],
                                                                      out["source"], out["skipped"], strict=True)]

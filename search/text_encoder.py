@@ -107,9 +107,16 @@ class OnnxTextEncoder:
         return self.session.run(None, {"tokens": tokens})[0].astype(np.float32, copy=False)
 
 
-def open_text_encoder(clip, mode: str, directory: Path):
+def export_dir(config, index_dir: str | Path | None = None) -> Path:
+    """Where the text-encoder export of an index is read: SEARCH_TEXT_ENCODER_DIR, or the index's own."""
+    return Path(config.text_encoder_dir or Path(index_dir or config.index_dir) / EXPORT_DIRNAME)
+
+
+def open_text_encoder(clip, mode: str, directory: Path, *, torch_encoder=None):
     """The service's query encoder: the ONNX export at `directory`, or open_clip on torch.
-    `auto` takes the export when there is one. Raises ExportError with the reason otherwise."""
+    `auto` takes the export when there is one. `torch_encoder`, an already loaded ClipEmbedder
+    of the same settings (search.evaluate has one), serves the torch case instead of a new one.
+    Raises ExportError with the reason otherwise."""
     if mode not in ENCODERS:
         raise ExportError(f"SEARCH_TEXT_ENCODER={mode!r}; choose one of {', '.join(ENCODERS)}")
     precision = clip.text_precision
@@ -130,12 +137,14 @@ def open_text_encoder(clip, mode: str, directory: Path):
     if precision == "int8":
         raise ExportError("CLIP_TEXT_PRECISION=int8 needs the ONNX text encoder: export one with "
                           "`python -m search.export --index INDEX`")
-    try:
-        from search.embedder import ClipEmbedder
-    except ImportError as exc:
-        raise ExportError(f"no text-encoder export at {directory} and torch/open_clip are not installed "
-                          f"({exc}); write one with `python -m search.export --index INDEX`") from None
-    encoder = ClipEmbedder(clip, text_only=True)
+    encoder = torch_encoder
+    if encoder is None:
+        try:
+            from search.embedder import ClipEmbedder
+        except ImportError as exc:
+            raise ExportError(f"no text-encoder export at {directory} and torch/open_clip are not installed "
+                              f"({exc}); write one with `python -m search.export --index INDEX`") from None
+        encoder = ClipEmbedder(clip, text_only=True)
     log.info("text encoder: torch %s%s", encoder.text_precision,
              f" (no ONNX export at {directory})" if mode == "auto" else "")
     return encoder

@@ -9,6 +9,8 @@ from shared.fetch import FetchPolicy
 from shared.images import DEFAULT_MAX_PIXELS
 
 MAIN_PERSON_RULES = ("largest", "central")
+BACKENDS = ("onnx", "torch")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ class BgConfig:
     weights_dir: str | None = None  # U2NET_HOME; rembg reads it too
     ort_threads: int = 1  # per session; workers x threads should not exceed the cores
     device: str = "cpu"  # DEVICE: auto | cpu | cuda (onnxruntime's CUDA provider; shared/device.py)
+    # BG_BACKEND: "onnx" (onnxruntime, the default) or "torch" (the same ONNX graphs converted by
+    # onnx2torch, batched and fp16 on a GPU: the indexer's GPU path where onnxruntime-gpu is missing)
+    backend: str = "onnx"
+    # BG_CLOTH_PRECISION: "int8" runs the quantised cloth model `python -m bgremoval.quantize` made,
+    # refused when its recorded mask disagreement with fp32 is over max_int8_disagreement
+    cloth_precision: str = "fp32"
+    max_int8_disagreement: float = 0.005  # share of mask pixels that may differ from fp32
     allow_download: bool = False  # let rembg download missing weights at start (needs internet)
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -77,6 +86,12 @@ class BgConfig:
     inflight_wait_s: float = 10.0
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
 
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"BG_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.cloth_precision not in PRECISIONS:
+            raise ValueError(f"BG_CLOTH_PRECISION must be one of {', '.join(PRECISIONS)}, not {self.cloth_precision!r}")
+
     @classmethod
     def from_env(cls, env=os.environ) -> "BgConfig":
         return cls(
@@ -85,6 +100,9 @@ class BgConfig:
             weights_dir=env.get("U2NET_HOME") or None,
             ort_threads=int(env.get("ORT_THREADS", cls.ort_threads)),
             device=env.get("DEVICE", cls.device).strip().lower(),
+            backend=env.get("BG_BACKEND", cls.backend).strip().lower(),
+            cloth_precision=env.get("BG_CLOTH_PRECISION", cls.cloth_precision).strip().lower(),
+            max_int8_disagreement=float(env.get("BG_INT8_MAX_DISAGREEMENT", cls.max_int8_disagreement)),
             allow_download=env_flag(env, "BG_ALLOW_DOWNLOAD"),
             jpeg_quality=int(env.get("BG_JPEG_QUALITY", cls.jpeg_quality)),
             max_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_pixels)),

@@ -72,44 +72,86 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-class ModelSession:
-    """A rembg session that returns the network's first output at the model's own resolution."""
+def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
 
-    def __init__(self, name: str, rembg_session, spec: InputSpec, weights_path: str | None = None):
+
+def model_input(images: list[Image.Image], spec: InputSpec) -> np.ndarray:
+    """A [N, 3, S, S] float32 batch, each image fed exactly as rembg's `normalize()` feeds it:
+    Lanczos-resized to the model's square, divided by its own brightest value, then standardised."""
+    batch = np.empty((len(images), 3, spec.size, spec.size), np.float32)
+    for i, img in enumerate(images):
+        pixels = np.array(img.convert("RGB").resize((spec.size, spec.size), Image.Resampling.LANCZOS))
+        scaled = pixels / max(np.max(pixels), 1e-6)  # float64, as rembg computes it
+        batch[i] = ((scaled - np.array(spec.mean)) / np.array(spec.std)).transpose(2, 0, 1)
+    return batch
+
+
+class OnnxRunner:
+    """An onnxruntime session. rembg's graphs fix the batch dimension to 1, so a batch runs image
+    by image there; a graph with a free batch dimension gets it in one call."""
+
+    def __init__(self, session: ort.InferenceSession):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        batch_dim = session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+        self.provider = session.get_providers()[0]
+        self.runtime = "onnxruntime"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.fixed_batch == 1 and len(batch) > 1:
+            return np.concatenate([self(batch[i:i + 1]) for i in range(len(batch))])
+        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
+
+
+class ModelSession:
+    """One model: the network's first output at the model's own resolution, for one image or a
+    batch (rembg's sessions give the weights lookup and download; onnxruntime or torch run it)."""
+
+    def __init__(self, name: str, runner, spec: InputSpec, weights_path: str | None = None):
         self.name = name
         self.spec = spec
         self.weights_path = weights_path
-        self._session = rembg_session
+        self.runner = runner
         self._identity: dict | None = None
         self._identity_lock = threading.Lock()
 
     @property
     def identity(self) -> dict:
         """Name and weights sha256: what decides this model's output. Hashed on first use (about
-        a second for rembg's 176 MB files), not at load, so worker start-up stays fast."""
+        a second for rembg's 176 MB files), not at load, so worker start-up stays fast. A runtime
+        other than onnxruntime (torch fp16 on a GPU) gives slightly different numbers, so it is named."""
         with self._identity_lock:
             if self._identity is None:
                 sha = file_sha256(self.weights_path) if self.weights_path else None
                 self._identity = {"name": self.name, "sha256": sha, "input_size": self.spec.size}
+                if self.runner.runtime != "onnxruntime":
+                    self._identity["runtime"] = self.runner.runtime
             return self._identity
 
     def run(self, img: Image.Image) -> np.ndarray:
-        feed = self._session.normalize(img, self.spec.mean, self.spec.std, (self.spec.size,) * 2)
-        return np.asarray(self._session.inner_session.run(None, feed)[0], dtype=np.float32)
+        return self.run_batch([img])
+
+    def run_batch(self, images: list[Image.Image]) -> np.ndarray:
+        return self.runner(model_input(images, self.spec))
+
+    def mattes(self, images: list[Image.Image]) -> np.ndarray:
+        """[N, S, S]: a matte model's output plane per image."""
+        if hasattr(self.runner, "run_images"):  # torch: feed and output handled on its device
+            return self.runner.run_images(images, self.spec)
+        return self.run_batch(images)[:, 0]
+
+    def class_probability(self, images: list[Image.Image], channels: list[int]) -> np.ndarray:
+        """[N, S, S]: per image, the softmax probability of `channels` together (the cloth model)."""
+        if hasattr(self.runner, "run_images"):
+            return self.runner.run_images(images, self.spec, channels)
+        return softmax(self.run_batch(images), axis=1)[:, channels].sum(axis=1)
 
 
-def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig) -> ModelSession:
-    if name not in specs:
-        raise ValueError(f"Model {name!r} is not supported here; choose one of {sorted(specs)}.")
-    if not config.allow_download and weights_file(name) is None:
-        home = os.environ.get("U2NET_HOME") or "~/.rembg/models/<name>"
-        raise MissingWeights(
-            f"Weights for {name!r} are not installed (looked for {name}.onnx under {home}). "
-            "Run `python -m bgremoval.weights download` on a machine with internet, or set "
-            "BG_ALLOW_DOWNLOAD=1 to let the service download them at start."
-        )
-    from rembg import new_session
-
+def session_options(config: BgConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
     # Several gunicorn workers share 2 cores: each session gets a fixed, small thread budget.
     options.intra_op_num_threads = config.ort_threads
@@ -119,9 +161,39 @@ def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig) -> Mo
     # cloth at 768 px: 3.1 GB resident after two runs, vs ~0.5 GB without, at the same speed), so a
     # worker's memory would be the peak of every model times every thread, forever.
     options.enable_cpu_mem_arena = False
-    session = new_session(name, sess_opts=options, providers=onnx_providers(config.device))
+    return options
+
+
+def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig, precision: str = "fp32") -> ModelSession:
+    """`precision` "int8": the statically quantised copy `python -m bgremoval.quantize` wrote beside
+    the weights (bgremoval/quantize.py), loaded only with its recorded agreement."""
+    if name not in specs:
+        raise ValueError(f"Model {name!r} is not supported here; choose one of {sorted(specs)}.")
+    if not config.allow_download and weights_file(name) is None:
+        home = os.environ.get("U2NET_HOME") or "~/.rembg/models/<name>"
+        raise MissingWeights(
+            f"Weights for {name!r} are not installed (looked for {name}.onnx under {home}). "
+            "Run `python -m bgremoval.weights download` on a machine with internet, or set "
+            "BG_ALLOW_DOWNLOAD=1 to let the service download them at start."
+        )
+    if precision == "int8":
+        from bgremoval.quantize import load_int8
+
+        path = load_int8(name, weights_file(name), config)
+        session = ort.InferenceSession(path, session_options(config), providers=onnx_providers(config.device))
+        report_provider(f"{name} (int8)", config.device, session.get_providers())
+        return ModelSession(name, OnnxRunner(session), specs[name], path)
+    if config.backend == "torch":
+        from bgremoval.torch_backend import TorchRunner
+
+        if weights_file(name) is None:
+            session_class(name).download_models()
+        return ModelSession(name, TorchRunner(weights_file(name), config.device), specs[name], weights_file(name))
+    from rembg import new_session
+
+    session = new_session(name, sess_opts=session_options(config), providers=onnx_providers(config.device))
     report_provider(name, config.device, session.inner_session.get_providers())
-    return ModelSession(name, session, specs[name], weights_file(name))
+    return ModelSession(name, OnnxRunner(session.inner_session), specs[name], weights_file(name))
 
 
 @dataclass
@@ -134,6 +206,6 @@ class Models:
 def load_models(config: BgConfig) -> Models:
     return Models(
         person=open_session(config.models.person, MATTE_INPUTS, config),
-        cloth=open_session(config.models.cloth, CLOTH_INPUTS, config),
+        cloth=open_session(config.models.cloth, CLOTH_INPUTS, config, config.cloth_precision),
         product=open_session(config.models.product, MATTE_INPUTS, config),
     )

@@ -20,7 +20,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bgremoval.config import PipelineSettings
-from bgremoval.models import CLOTH_CLASSES, Models
+from bgremoval.models import CLOTH_CLASSES, Models, softmax  # noqa: F401  (softmax: re-exported)
 from shared.errors import Unprocessable
 from shared.images import DecodedImage, flatten_onto_black
 
@@ -57,12 +57,6 @@ def resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if plane.shape[::-1] == tuple(size):
         return plane.astype(np.float32, copy=False)
     return np.asarray(Image.fromarray(plane.astype(np.float32), "F").resize(size, Image.BILINEAR))
-
-
-def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=axis, keepdims=True)
 
 
 def keep_main_component(mask: np.ndarray) -> np.ndarray:
@@ -160,20 +154,26 @@ class GarmentPipeline:
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         return img.resize(size, Image.BILINEAR)
 
-    def _matte(self, session, img: Image.Image) -> np.ndarray:
-        raw = session.run(img)[0, 0]
-        return np.clip(resize_plane(raw, img.size), 0.0, 1.0)
+    def _mattes(self, session, images: list[Image.Image]) -> list[np.ndarray]:
+        """Each image's matte at its own size, 0..1: one batch through the model."""
+        raw = session.mattes(images) if images else []
+        return [np.clip(resize_plane(plane, img.size), 0.0, 1.0) for plane, img in zip(raw, images, strict=True)]
 
     def person_mask(self, img: Image.Image) -> np.ndarray:
         """Boolean person matte at `img`'s size, every person in it (before keeping the main one)."""
-        return self._matte(self.models.person, img) > self.settings.person_threshold
+        return self._mattes(self.models.person, [img])[0] > self.settings.person_threshold
+
+    def garment_probabilities(self, images: list[Image.Image], classes: tuple[str, ...]) -> list[np.ndarray]:
+        """Summed probability of `classes` at each image's size. Summed at the model's resolution
+        and resized once: bilinear resizing is linear, so this equals resizing each class first."""
+        if not images:
+            return []
+        wanted = [CLOTH_CLASSES.index(name) for name in classes]
+        return [resize_plane(plane, img.size)
+                for plane, img in zip(self.models.cloth.class_probability(images, wanted), images, strict=True)]
 
     def garment_probability(self, img: Image.Image, classes: tuple[str, ...]) -> np.ndarray:
-        """Summed probability of `classes` at `img`'s size. Summed at the model's resolution and
-        resized once: bilinear resizing is linear, so this equals resizing each class first."""
-        probs = softmax(self.models.cloth.run(img)[0], axis=0)
-        selected = sum(probs[CLOTH_CLASSES.index(name)] for name in classes)
-        return resize_plane(selected, img.size)
+        return self.garment_probabilities([img], classes)[0]
 
     def garment_mask(
         self,
@@ -183,56 +183,101 @@ class GarmentPipeline:
     ) -> GarmentMask:
         """Mask of the garment of `img`, at the working size. `alpha` (the photo's own uint8 alpha,
         when it arrived already cut out) is applied first: transparent parts are black and stay out
-        of the mask."""
+        of the mask. Raises NoGarmentFound."""
+        result = self.garment_masks([img], classes, [alpha])[0]
+        if isinstance(result, NoGarmentFound):
+            raise result
+        return result
+
+    def garment_masks(
+        self,
+        images: list[Image.Image],
+        classes: tuple[str, ...] = GARMENT_CLASSES,
+        alphas: list[np.ndarray | None] | None = None,
+    ) -> list[GarmentMask | NoGarmentFound]:
+        """garment_mask for several photos, each model run once on the whole batch (a GPU's
+        speed; on onnxruntime's batch-1 graphs the same as one by one). Each photo gets its mask,
+        or the NoGarmentFound that says why it has none. The masks equal garment_mask's one by
+        one; per-image timings are the batch's stage times divided by the photos in it."""
         unknown = set(classes) - set(GARMENT_CLASSES)
         if unknown or not classes:
             raise ValueError(f"classes must be a non-empty subset of {GARMENT_CLASSES}")
+        alphas = alphas or [None] * len(images)
         s = self.settings
         timings: dict[str, float] = {}
-        start = time.perf_counter()
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = timings.get(stage, 0.0) + now - clock
+            clock = now
+
         # Flattened at full size, then scaled down: a transient full-size copy, only for cut-outs.
-        work = self._working_copy(flatten_onto_black(img, alpha))
-        foreground = None
-        if alpha is not None:
-            foreground = np.asarray(Image.fromarray(alpha, "L").resize(work.size, Image.BILINEAR)) >= 128
-        timings["working_copy"] = time.perf_counter() - start
-        area = work.width * work.height
+        works = [self._working_copy(flatten_onto_black(img, alpha)) for img, alpha in zip(images, alphas, strict=True)]
+        foregrounds = [None if alpha is None else
+                       np.asarray(Image.fromarray(alpha, "L").resize(work.size, Image.BILINEAR)) >= 128
+                       for work, alpha in zip(works, alphas, strict=True)]
+        lap("working_copy")
 
-        start = time.perf_counter()
-        person = self.person_mask(work)
-        if foreground is not None:
-            person &= foreground
-        timings["person_matte"] = time.perf_counter() - start
+        persons = [matte > s.person_threshold for matte in self._mattes(self.models.person, works)]
+        persons = [person if fg is None else person & fg for person, fg in zip(persons, foregrounds, strict=True)]
+        lap("person_matte")
 
-        if person.sum() < s.min_person_fraction * area:
-            mask, source = self._product_mask(work, foreground, timings), "product"
-        else:
-            start = time.perf_counter()
-            main = main_person(person, s.main_person_rule) if s.keep_main_person else person
-            radius = s.person_dilation * np.hypot(*work.size)
-            allowed = dilate(main, radius)
-            timings["main_person"] = time.perf_counter() - start
+        found = [person.sum() >= s.min_person_fraction * work.width * work.height
+                 for person, work in zip(persons, works, strict=True)]
+        garment_rows = [i for i, yes in enumerate(found) if yes]
+        product_rows = [i for i, yes in enumerate(found) if not yes]
+        results: list[GarmentMask | NoGarmentFound | None] = [None] * len(images)
 
-            start = time.perf_counter()
-            mask = (self.garment_probability(work, classes) > s.garment_threshold) & allowed
-            timings["cloth_seg"] = time.perf_counter() - start
-            source = "garment"
-            if mask.sum() < s.min_garment_fraction * area:
-                wanted = ", ".join(classes)
-                raise NoGarmentFound(f"A person was found but no garment ({wanted}) on them.")
-        return GarmentMask(working=mask, size=img.size, source=source, timings=timings)
+        allowed = {}
+        for i in garment_rows:
+            main = main_person(persons[i], s.main_person_rule) if s.keep_main_person else persons[i]
+            allowed[i] = dilate(main, s.person_dilation * np.hypot(*works[i].size))
+        lap("main_person")
 
-    def _product_mask(self, work: Image.Image, foreground, timings: dict[str, float]) -> np.ndarray:
+        probabilities = self.garment_probabilities([works[i] for i in garment_rows], classes)
+        for i, probability in zip(garment_rows, probabilities, strict=True):
+            mask = (probability > s.garment_threshold) & allowed[i]
+            if mask.sum() < s.min_garment_fraction * works[i].width * works[i].height:
+                results[i] = NoGarmentFound(f"A person was found but no garment ({', '.join(classes)}) on them.")
+            else:
+                results[i] = GarmentMask(working=mask, size=images[i].size, source="garment")
+        lap("cloth_seg")
+
+        for i, product in zip(product_rows, self._product_masks([works[i] for i in product_rows],
+                                                                [foregrounds[i] for i in product_rows]),
+                              strict=True):
+            if isinstance(product, NoGarmentFound):
+                results[i] = product
+            else:
+                results[i] = GarmentMask(working=product, size=images[i].size, source="product")
+        if product_rows:
+            lap("product_matte")
+
+        share = {stage: seconds / len(images) for stage, seconds in timings.items()}
+        for i, result in enumerate(results):
+            if isinstance(result, GarmentMask):
+                # the stages this photo went through (one photo: exactly garment_mask's old timings)
+                skipped = ("product_matte",) if found[i] else ("main_person", "cloth_seg")
+                result.timings = {k: v for k, v in share.items() if k not in skipped}
+        return results
+
+    def _product_masks(self, works: list[Image.Image], foregrounds: list) -> list[np.ndarray | NoGarmentFound]:
+        if not works:
+            return []
         if self.models.product is None:
-            raise NoGarmentFound("No person found, and no product model is installed for flat-lays.")
-        start = time.perf_counter()
-        product = self._matte(self.models.product, work) > self.settings.person_threshold
-        if foreground is not None:
-            product &= foreground
-        timings["product_matte"] = time.perf_counter() - start
-        if product.sum() < self.settings.min_garment_fraction * work.width * work.height:
-            raise NoGarmentFound("No person and no product could be found in the image.")
-        return product
+            return [NoGarmentFound("No person found, and no product model is installed for flat-lays.")] * len(works)
+        results = []
+        for work, foreground, matte in zip(works, foregrounds, self._mattes(self.models.product, works), strict=True):
+            product = matte > self.settings.person_threshold
+            if foreground is not None:
+                product &= foreground
+            if product.sum() < self.settings.min_garment_fraction * work.width * work.height:
+                results.append(NoGarmentFound("No person and no product could be found in the image."))
+            else:
+                results.append(product)
+        return results
 
     def remove_background(
         self,
@@ -245,7 +290,9 @@ class GarmentPipeline:
     ) -> tuple[Image.Image, GarmentMask]:
         """The garment on a plain background, same size, and the mask used. RGB, or with
         `mask_as_alpha` RGBA whose alpha is the mask (for PNG)."""
-        result = self.garment_mask(img, classes, alpha)
+        return self._picture(img, self.garment_mask(img, classes, alpha), background, alpha, mask_as_alpha)
+
+    def _picture(self, img: Image.Image, result: GarmentMask, background, alpha, mask_as_alpha: bool):
         start = time.perf_counter()
         full_mask = result.full()
         result.timings["mask_upscale"] = time.perf_counter() - start
@@ -266,6 +313,19 @@ class GarmentPipeline:
         black and its alpha narrows the mask; it still goes through the garment step, because
         catalog cut-outs keep faces, hair and hands."""
         return self.remove_background(decoded.rgb, classes, background, decoded.alpha, mask_as_alpha=mask_as_alpha)
+
+    def cut_outs(
+        self,
+        batch: list[DecodedImage],
+        classes: tuple[str, ...] = GARMENT_CLASSES,
+        background: tuple[int, int, int] = (0, 0, 0),
+    ) -> list[tuple[Image.Image, GarmentMask] | NoGarmentFound]:
+        """cut_out for a batch (the indexer on a GPU): the models run once per batch; each photo
+        gets its picture and mask, or the NoGarmentFound that says why not."""
+        masks = self.garment_masks([d.rgb for d in batch], classes, [d.alpha for d in batch])
+        return [result if isinstance(result, NoGarmentFound)
+                else self._picture(decoded.rgb, result, background, decoded.alpha, False)
+                for decoded, result in zip(batch, masks, strict=True)]
 
 
 def composite(img: Image.Image, mask: Image.Image, background: tuple[int, int, int], *,

@@ -56,6 +56,16 @@ def with_crop(pipeline_identity: dict) -> dict:
 class _Garments:
     identity: dict
 
+    def garments(self, batch: list[DecodedImage]) -> list[Cutout | Unprocessable]:
+        """garment() for each photo; "no garment" comes back in its place instead of raised."""
+        results = []
+        for decoded in batch:
+            try:
+                results.append(self.garment(decoded))
+            except Unprocessable as exc:
+                results.append(exc)
+        return results
+
     @property
     def working_max_side(self) -> int:
         """Photos are decoded at most this large (the pipeline's working size): memory per catalog
@@ -85,6 +95,12 @@ class LocalGarments(_Garments):
         """The garment on black, cropped to it. Raises Unprocessable when there is none."""
         picture, result = self.pipeline.cut_out(decoded)
         return Cutout(crop_to_mask(picture, result.mask), result.source)
+
+    def garments(self, batch: list[DecodedImage]) -> list[Cutout | Unprocessable]:
+        """The whole batch through each model at once (BG_BACKEND=torch batches on a GPU)."""
+        return [result if isinstance(result, Unprocessable) else Cutout(crop_to_mask(result[0], result[1].mask),
+                                                                         result[1].source)
+                for result in self.pipeline.cut_outs(batch)]
 
 
 def retrying_session(retries: int, backoff: float):

@@ -42,7 +42,7 @@ from search.store import (
 )
 from search.vectors.faiss_ann import ANN_KINDS
 from shared.errors import ProblemError, Unprocessable
-from shared.images import decode_image
+from shared.images import DecodedImage, decode_image
 
 __all__ = ["FORMAT_VERSION", "Index", "IndexLoadError", "build_index", "pool", "scan_catalog"]
 log = logging.getLogger("fashion.index")
@@ -209,27 +209,63 @@ class BuildModels:
         return ClipEmbedder(self.clip), garments
 
 
-def embed_batch(catalog: Path, batch: list[CatalogImage], embedder, garments) -> list[tuple[str, tuple | str]]:
+def decode_catalog_image(catalog: Path, im: CatalogImage, max_side: int) -> DecodedImage | str:
+    """The photo decoded straight to the working size, or why it is unusable."""
+    try:
+        return decode_image((catalog / im.product / im.file).read_bytes(), max_side=max_side)
+    except ProblemError as exc:  # the image itself is unusable: skip it, say why
+        return f"unreadable: {exc.detail}"
+
+
+def decode_batch(catalog: Path, batch: list[CatalogImage], max_side: int) -> list[DecodedImage | str]:
+    return [decode_catalog_image(catalog, im, max_side) for im in batch]
+
+
+def embed_batch(catalog: Path, batch: list[CatalogImage], embedder, garments,
+                decoded: list[DecodedImage | str] | None = None) -> list[tuple[str, tuple | str]]:
     """Each image's (vector, thumbnail, source), or the reason it is skipped, keyed by relpath.
-    The batch is embedded in one call; a build gets the same vectors whichever process runs it."""
-    results, kept, cutouts = [], [], []
-    for im in batch:
-        try:
-            decoded = decode_image((catalog / im.product / im.file).read_bytes(), max_side=garments.working_max_side)
-        except ProblemError as exc:  # the image itself is unusable: skip it, say why
-            results.append((im.relpath, f"unreadable: {exc.detail}"))
-            continue
-        try:
-            cutouts.append(garments.garment(decoded))
-        except Unprocessable as exc:  # the only per-image answer that means "skip"
-            results.append((im.relpath, f"no garment: {exc.detail}"))
-            continue
-        kept.append(im)
+    The batch goes through each model in one call; a build gets the same vectors whichever
+    process runs it. `decoded`: the batch already decoded (by a decode pool ahead of the models)."""
+    if decoded is None:
+        decoded = decode_batch(catalog, batch, garments.working_max_side)
+    results = [(im.relpath, d) for im, d in zip(batch, decoded, strict=True) if isinstance(d, str)]
+    readable = [(im, d) for im, d in zip(batch, decoded, strict=True) if not isinstance(d, str)]
+    kept, cutouts = [], []
+    for (im, _), cutout in zip(readable, garments.garments([d for _, d in readable]), strict=True):
+        if isinstance(cutout, Unprocessable):  # the only per-image answer that means "skip"
+            results.append((im.relpath, f"no garment: {cutout.detail}"))
+        else:
+            kept.append(im)
+            cutouts.append(cutout)
     if kept:
         vectors = embedder.encode_images([c.picture for c in cutouts])
         for im, vector, cutout in zip(kept, vectors, cutouts, strict=True):
             results.append((im.relpath, (vector, thumbnail(cutout.picture), cutout.source)))
     return results
+
+
+def decoded_ahead(catalog: Path, batches: list[list[CatalogImage]], max_side: int, workers: int, ahead: int = 2):
+    """Each batch decoded, by `workers` processes that keep `ahead` batches in front of the
+    models, so a GPU never waits for JPEG decoding (0 workers: decoded here, when needed)."""
+    if workers <= 0:
+        for batch in batches:
+            yield decode_batch(catalog, batch, max_side)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = max(1, -(-max(len(b) for b in batches) // workers)) if batches else 1
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def submit(batch):
+            parts = [batch[i:i + chunk] for i in range(0, len(batch), chunk)]
+            return [pool.submit(decode_batch, catalog, part, max_side) for part in parts]
+
+        pending = deque(submit(batch) for batch in batches[:ahead])
+        for index in range(len(batches)):
+            if index + ahead < len(batches):
+                pending.append(submit(batches[index + ahead]))
+            yield [d for future in pending.popleft() for d in future.result()]
 
 
 def models_fingerprint(embedder, garments) -> str:
@@ -260,10 +296,11 @@ def _embed_batch_in_worker(catalog: Path, batch: list[CatalogImage]) -> tuple[st
 
 
 def embedded_batches(catalog: Path, batches: list[list[CatalogImage]], embedder, garments, workers: int,
-                     models: BuildModels | None, ray: str | None = None):
-    """embed_batch over every batch: here, or spread over `workers` processes that each load
-    their own models from `models` (CPU: one core each; the same vectors as one process), or
-    over a Ray cluster's actors (`ray`: an address, or "local"; search/ray_build.py)."""
+                     models: BuildModels | None, ray: str | None = None, decode_workers: int = 0):
+    """embed_batch over every batch: here (with `decode_workers` processes decoding ahead of the
+    models, for a GPU), or spread over `workers` processes that each load their own models from
+    `models` (CPU: one core each; the same vectors as one process), or over a Ray cluster's
+    actors (`ray`: an address, or "local"; search/ray_build.py)."""
     if ray:
         from search.ray_build import ray_batches
 
@@ -272,8 +309,9 @@ def embedded_batches(catalog: Path, batches: list[list[CatalogImage]], embedder,
         yield from ray_batches(catalog, batches, embedder, garments, models, ray, workers if workers > 1 else None)
         return
     if workers <= 1:
-        for batch in batches:
-            yield embed_batch(catalog, batch, embedder, garments)
+        decoded = decoded_ahead(catalog, batches, garments.working_max_side, decode_workers)
+        for batch, batch_decoded in zip(batches, decoded, strict=True):
+            yield embed_batch(catalog, batch, embedder, garments, batch_decoded)
         return
     if models is None:
         raise ValueError("workers > 1 needs `models`: how each worker process loads its models")
@@ -294,7 +332,8 @@ def embedded_batches(catalog: Path, batches: list[list[CatalogImage]], embedder,
 def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = "max",
                 batch_size: int = 16, update: bool = False, dup_threshold: float = 0.97,
                 progress: bool = True, ann: str | None = None, ann_params: dict | None = None,
-                workers: int = 1, models: BuildModels | None = None, ray: str | None = None) -> BuildReport:
+                workers: int = 1, models: BuildModels | None = None, ray: str | None = None,
+                decode_workers: int = 0) -> BuildReport:
     """Embed every catalog image's garment and write the index. Images that cannot be read or
     hold no garment are skipped and listed with the reason; anything else that fails (the
     bg-removal service down after its retries, a model error) stops the build and leaves the
@@ -337,7 +376,7 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
     batches = [pending[first:first + batch_size] for first in range(0, len(pending), batch_size)]
     where = f" (Ray {ray})" if ray else f" ({workers} processes)" if workers > 1 else ""
     bar = tqdm(total=len(pending), desc=f"indexing{where}", unit="img", disable=not progress)
-    for results in embedded_batches(catalog, batches, embedder, garments, workers, models, ray):
+    for results in embedded_batches(catalog, batches, embedder, garments, workers, models, ray, decode_workers):
         for relpath, outcome in results:
             bar.update(1)
             if isinstance(outcome, str):
@@ -441,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--workers", type=int, default=1,
                        help="processes, each with its own models (CPU: one per core, with ORT_THREADS and "
                             "TORCH_THREADS at 1); 0 = one per core. The index is the same as with 1")
+    build.add_argument("--decode-workers", type=int, default=None,
+                       help="processes decoding photos ahead of the models (default: 0 on the CPU, where the models "
+                            "use every core; up to 8 with DEVICE=cuda, so the GPU never waits)")
     build.add_argument("--dup-threshold", type=float, default=0.97, help="embedding cosine for the duplicate report")
     build.add_argument("--bg-url", default=os.environ.get("BG_SERVICE_URL"),
                        help="use a running bg-removal service instead of the in-process pipeline")
@@ -479,12 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     models = BuildModels(ClipSettings.from_env(), args.bg_url, args.bg_timeout, args.bg_retries)
     embedder, garments = models.load()  # the build's identity; with --workers, each worker loads its own too
     workers = args.workers or os.cpu_count() or 1
-    batch_size = args.batch_size or (256 if embedder.device == "cuda" else 16)
+    on_gpu = embedder.device == "cuda"
+    batch_size = args.batch_size or (256 if on_gpu else 16)
+    decode_workers = args.decode_workers if args.decode_workers is not None else (
+        min(8, os.cpu_count() or 1) if on_gpu and workers <= 1 and not args.ray else 0)
     try:
         report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
                              batch_size=batch_size, update=args.update, dup_threshold=args.dup_threshold,
                              ann=args.ann, ann_params=dict(args.ann_param), workers=workers, models=models,
-                             ray=args.ray)
+                             ray=args.ray, decode_workers=decode_workers)
     except GarmentServiceError as exc:
         print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
         return 1

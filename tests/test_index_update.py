@@ -285,6 +285,21 @@ def test_workers_build_the_same_index(tmp_path, synthetic_catalog, synthetic_ind
     assert two.meta["garment_pipeline"] == one.meta["garment_pipeline"]
 
 
+def test_decoding_ahead_in_processes_builds_the_same_index(tmp_path, synthetic_catalog, synthetic_index,
+                                                          tiny_embedder, bg_pipeline):
+    """--decode-workers 2 (the GPU default): photos decoded by two processes, batches ahead of the
+    models, give the index decoding in line gives, to the bit."""
+    out = tmp_path / "index"
+    report = build_index(synthetic_catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False,
+                         decode_workers=2)
+    one, two = Index.load(synthetic_index, for_building=True), Index.load(out, for_building=True)
+    assert report.embedded == len(one.image_files)
+    assert list(two.image_files) == list(one.image_files)
+    assert np.array_equal(np.asarray(two.image_embeddings), np.asarray(one.image_embeddings))
+    assert np.array_equal(np.asarray(two.product_embeddings), np.asarray(one.product_embeddings))
+    assert two.meta["skipped"] == one.meta["skipped"]
+
+
 def test_workers_refuse_models_other_than_the_builds(tmp_path, synthetic_catalog, tiny_embedder, bg_pipeline,
                                                      oracle_weights):
     from search.config import ClipSettings

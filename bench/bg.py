@@ -1,52 +1,64 @@
-"""Memory and time per bg-removal request as the photo grows, per stage.
+"""One bg-removal request on the CPU, per stage, against the naive rembg baseline (issue 12).
 
-    python bench/bg.py [--sizes 6,12,24,39.6] [--repeat 3] [--repo DIR]
+    python bench/bg.py [--weights DIR] [--photo FILE] [--repeat 5] [--configs today,concurrent,...]
 
-For each size, a fresh Python process builds the service (Flask test client, the small oracle
-models: their cost is small, so what is measured is the work outside the models), warms it up
-on a small photo, then posts a synthetic street photo of that many megapixels as a JPEG (a big
-photo is small on the wire) and reports:
-  extra peak RSS   ru_maxrss after the request minus before it, and per input pixel
-  time             whole request, and the stages the service logs (decode, models, composite,
-                   encode...); "outside models" = the whole request minus the model and
-                   working-size stages, per megapixel (what grows with the photo)
-`--repo` runs the same measurement against another checkout (e.g. the previous commit), so a
-before/after comparison comes from one run on the same machine.
+Models: U^2-Net person matte (320 px) and clothing segmentation (768 px) with rembg's exact
+shapes and random weights (../shared/tools/real-cost-models/make_models.py; written to --weights
+when missing), so each costs what the real one costs; their masks are noise, so the pipeline is
+told to keep the photo on the garment branch (min person / garment fraction 0), the branch a
+street photo takes. The photo is a 1185x1600 JPEG (a CCP street photo when ../shared/data is
+there, else a synthetic one).
+
+Every configuration runs in a fresh process on the shipped request path (Flask app: decode,
+garment step, composite, JPEG encode), one warm-up request, then --repeat timed ones: p50, p90
+and each stage's median from the service's own stage log. In the same run:
+
+  baseline          rembg.remove() with new sessions for both models on every request (the naive
+                    service): person mask, cloth masks, intersected, composited onto black
+  today             the pipeline as it ships: models one after the other, fp32, ORT_THREADS=2
+  concurrent        BG_CONCURRENT_MODELS=1: the cloth model beside the person matte, 1 thread each
+  concurrent-2t     the same, 2 threads each
+  int8              BG_CLOTH_PRECISION=int8 (needs <weights>/u2net_cloth_seg.int8.onnx: `python -m
+                    bgremoval.quantize --photos DIR`), models one after the other, 2 threads
+  int8-concurrent   int8 and BG_CONCURRENT_MODELS=1, 1 thread each
+  working-768       BG_WORKING_MAX_SIDE=768 (masks computed on fewer pixels)
+
+`--options` also times onnxruntime session options on the cloth model alone (memory arena,
+spinning, graph optimisation level): the levers that are not pipeline settings.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Models and the steps at the <= 1024 px working size: their cost does not grow with the photo.
-WORKING_SIZE_STAGES = ("person_matte", "cloth_seg", "product_matte", "main_person")
+TOOLS = REPO.parent / "shared" / "tools" / "real-cost-models"
+CCP = REPO.parent / "shared" / "data" / "ccp" / "images"
+SIZE = (1185, 1600)
+FORCE_GARMENT_BRANCH = {"BG_MIN_PERSON_FRACTION": "0", "BG_MIN_GARMENT_FRACTION": "0"}
+CONFIGS = {
+    "baseline": {"ORT_THREADS": "2"},
+    "today": {"ORT_THREADS": "2"},
+    "concurrent": {"ORT_THREADS": "1", "BG_CONCURRENT_MODELS": "1"},
+    "concurrent-2t": {"ORT_THREADS": "2", "BG_CONCURRENT_MODELS": "1"},
+    "int8": {"ORT_THREADS": "2", "BG_CLOTH_PRECISION": "int8"},
+    "int8-concurrent": {"ORT_THREADS": "1", "BG_CLOTH_PRECISION": "int8", "BG_CONCURRENT_MODELS": "1"},
+    "working-768": {"ORT_THREADS": "2", "BG_WORKING_MAX_SIDE": "768"},
+}
 
-def street_jpeg(megapixels: float) -> bytes:
-    """A synthetic street photo (tests/scenes.py) of about that many megapixels, as JPEG q90."""
-    import io
-
-    from tests import scenes
-
-    height = int((megapixels * 1e6 * 4 / 3) ** 0.5) // 8 * 8
-    width = int(megapixels * 1e6 / height) // 8 * 8
-    buf = io.BytesIO()
-    scenes.street_photo(width, height)[0].save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-CHILD = r"""
-import json, logging, resource, sys, time
-sys.path[:0] = [sys.argv[1], sys.argv[4]]  # the measured checkout first, then this one (bench.bg)
-from bench.bg import street_jpeg
+SERVICE = r"""
+import json, logging, sys, time
+sys.path.insert(0, sys.argv[1])
 from bgremoval import create_app
 from bgremoval.config import BgConfig
-megapixels, repeat = float(sys.argv[2]), int(sys.argv[3])
+body, repeat = open(sys.argv[2], "rb").read(), int(sys.argv[3])
 records = []
 class Capture(logging.Handler):
     def emit(self, record):
@@ -55,64 +67,174 @@ class Capture(logging.Handler):
         except ValueError:
             pass
 logging.getLogger("fashion.http").addHandler(Capture())
-app = create_app(BgConfig(max_pixels=40_000_000))
-client = app.test_client()
-assert client.post("/", data=street_jpeg(0.5), content_type="image/jpeg").status_code == 200
-# Made by the parent: drawing a 40 MP photo here would set a high-water mark above the request's.
-body = open(sys.argv[5], "rb").read()
-from PIL import Image
-import io
-width, height = Image.open(io.BytesIO(body)).size
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+client = create_app(BgConfig.from_env()).test_client()
 runs = []
-for _ in range(repeat):
+for i in range(repeat + 1):
     records.clear()
-    t = time.perf_counter()
+    start = time.perf_counter()
     response = client.post("/", data=body, content_type="image/jpeg")
-    runs.append((time.perf_counter() - t, dict(records[-1]["stages_ms"]) if records else {}))
+    seconds = time.perf_counter() - start
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-best = min(runs, key=lambda r: r[0])
-print(json.dumps({"width": width, "height": height, "body_bytes": len(body), "extra_peak_kb": after - before,
-                  "seconds": best[0], "stages_ms": best[1]}))
+    if i:  # the first request warms up
+        runs.append({"seconds": seconds, "stages_ms": records[-1]["stages_ms"] if records else {}})
+print(json.dumps(runs))
+"""
+
+BASELINE = r"""
+import io, json, sys, time
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+from rembg import new_session, remove
+body, repeat, threads = open(sys.argv[2], "rb").read(), int(sys.argv[3]), int(sys.argv[4])
+def request():
+    stages, clock = {}, time.perf_counter()
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter(); stages[name] = (now - clock) * 1000; clock = now
+    photo = Image.open(io.BytesIO(body)).convert("RGB"); lap("decode")
+    options = ort.SessionOptions(); options.intra_op_num_threads = threads
+    person_session = new_session("u2net_human_seg", sess_opts=options, providers=["CPUExecutionProvider"])
+    cloth_session = new_session("u2net_cloth_seg", sess_opts=options, providers=["CPUExecutionProvider"])
+    lap("new_sessions")
+    person = np.asarray(remove(photo, session=person_session, only_mask=True).convert("L")) > 127; lap("person_remove")
+    # rembg returns the cloth classes' masks stacked vertically (upper, lower, full)
+    cloth = np.asarray(remove(photo, session=cloth_session, only_mask=True).convert("L")).reshape(3, *person.shape) > 127
+    lap("cloth_remove")
+    mask = Image.fromarray(((cloth.any(axis=0) & person) * 255).astype(np.uint8), "L")
+    out = Image.new("RGB", photo.size); out.paste(photo, (0, 0), mask); lap("composite")
+    buf = io.BytesIO(); out.save(buf, "JPEG", quality=95); lap("encode")
+    return stages
+runs = []
+for i in range(repeat + 1):
+    start = time.perf_counter()
+    stages = request()
+    if i:
+        runs.append({"seconds": time.perf_counter() - start, "stages_ms": stages})
+print(json.dumps(runs))
+"""
+
+OPTIONS = r"""
+import json, sys, time
+import numpy as np, onnxruntime as ort
+path, repeat = sys.argv[1], int(sys.argv[2])
+x = np.random.default_rng(0).standard_normal((1, 3, 768, 768)).astype(np.float32)
+def session(arena=False, spin=True, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+    o = ort.SessionOptions(); o.intra_op_num_threads = 2; o.inter_op_num_threads = 1
+    o.enable_cpu_mem_arena = arena; o.graph_optimization_level = level
+    if not spin:
+        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+variants = {"shipped (no arena, spinning, all optimisations)": {}, "memory arena on": {"arena": True},
+            "no spinning": {"spin": False},
+            "basic optimisations only": {"level": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}}
+sessions = {name: session(**kwargs) for name, kwargs in variants.items()}
+times = {name: [] for name in variants}
+for name, s in sessions.items():
+    s.run(None, {"input.1": x})  # warm-up
+for _ in range(repeat):  # round robin: a slow spell of this noisy machine hits every variant alike
+    for name, s in sessions.items():
+        start = time.perf_counter(); s.run(None, {"input.1": x}); times[name].append(time.perf_counter() - start)
+result = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+print(json.dumps(result))
 """
 
 
-def measure(repo: Path, megapixels: float, repeat: int, weights: str) -> dict:
-    """Run one size in a fresh process; returns size, extra peak RSS (kB), seconds, stages."""
-    env = {**os.environ, "U2NET_HOME": weights, "ORT_THREADS": "1", "PYTHONPATH": str(repo)}
-    with tempfile.NamedTemporaryFile(suffix=".jpg") as photo:
-        photo.write(street_jpeg(megapixels))
-        photo.flush()
-        done = subprocess.run([sys.executable, "-c", CHILD, str(repo), str(megapixels), str(repeat), str(REPO),
-                               photo.name], cwd=repo, env=env, capture_output=True, text=True, check=False)
+def photo_jpeg() -> tuple[bytes, str]:
+    from PIL import Image
+
+    if CCP.is_dir():
+        source = sorted(CCP.glob("*.jpg"))[0]
+        photo, where = Image.open(source).convert("RGB").resize(SIZE, Image.LANCZOS), f"CCP {source.name}"
+    else:
+        sys.path.insert(0, str(REPO))
+        from tests import scenes
+
+        photo, where = scenes.street_photo(*SIZE)[0], "synthetic street photo"
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90)
+    return buf.getvalue(), f"{where}, {SIZE[0]}x{SIZE[1]}"
+
+
+def ensure_weights(weights: Path) -> None:
+    missing = [n for n in ("u2net_human_seg", "u2net_cloth_seg") if not (weights / f"{n}.onnx").exists()]
+    if missing:
+        if not (TOOLS / "make_models.py").exists():
+            sys.exit(f"{weights} lacks {missing} and {TOOLS} is absent: make the real-cost models first")
+        print(f"writing real-cost models {missing} to {weights} ...", flush=True)
+        subprocess.run([sys.executable, str(TOOLS / "make_models.py"), "--out", str(weights), "--only", *missing],
+                       check=True, capture_output=True)
+
+
+def run(config: str, photo: str, repeat: int, weights: Path) -> list[dict]:
+    env = {**os.environ, "U2NET_HOME": str(weights), "MODEL_CHECKSUM_DISABLED": "1", "PYTHONPATH": str(REPO),
+           "BG_PRODUCT_MODEL": "u2net_human_seg", **FORCE_GARMENT_BRANCH, **CONFIGS[config]}
+    if config == "baseline":
+        argv = ["-c", BASELINE, str(REPO), photo, str(repeat), CONFIGS[config]["ORT_THREADS"]]
+    else:
+        argv = ["-c", SERVICE, str(REPO), photo, str(repeat)]
+    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, check=False)
     if done.returncode:
-        raise RuntimeError(done.stderr[-2000:])
+        raise RuntimeError(f"{config}: {done.stderr[-1500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="6,12,24,39.6", help="megapixels, comma-separated")
-    parser.add_argument("--repeat", type=int, default=3, help="requests per size (the fastest is reported)")
-    parser.add_argument("--repo", type=Path, default=REPO, help="checkout to measure (default: this one)")
+    parser.add_argument("--weights", type=Path, default=Path(os.environ.get("BENCH_WEIGHTS", "/tmp/realcost")),
+                        help="folder with the real-cost models (written there when missing)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed requests per configuration")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
+    parser.add_argument("--options", action="store_true", help="also time onnxruntime session options (cloth alone)")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    from tests.oracle_models import write_oracle_models
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_oracle_models(tmp)
-        print(f"repo {args.repo}  (oracle models: the time is the work outside the models)")
-        print(f"{'input':>16} {'MP':>5} {'extra peak RSS':>14} {'B/px':>5} {'time':>7} {'outside models':>15}  stages ms")
-        for size in (float(s) for s in args.sizes.split(",")):
-            r = measure(args.repo, size, args.repeat, tmp)
-            pixels = r["width"] * r["height"]
-            stages = r["stages_ms"]
-            outside = r["seconds"] * 1000 - sum(v for k, v in stages.items() if k in WORKING_SIZE_STAGES)
-            print(f"{r['width']:>7}x{r['height']:<8} {pixels / 1e6:5.1f} {r['extra_peak_kb'] / 1024:11.0f} MB "
-                  f"{r['extra_peak_kb'] * 1024 / pixels:5.0f} {r['seconds']:6.2f}s "
-                  f"{outside / (pixels / 1e6):8.1f} ms/MP  "
-                  + " ".join(f"{k}={v:.0f}" for k, v in stages.items()))
+    ensure_weights(args.weights)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configurations {sorted(unknown)}")
+    if any("BG_CLOTH_PRECISION" in CONFIGS[c] for c in configs) and not (
+            args.weights / "u2net_cloth_seg.int8.onnx").exists():
+        print(f"skipping the int8 configurations: no {args.weights}/u2net_cloth_seg.int8.onnx "
+              f"(U2NET_HOME={args.weights} python -m bgremoval.quantize --photos DIR)")
+        configs = [c for c in configs if "BG_CLOTH_PRECISION" not in CONFIGS[c]]
+    body, where = photo_jpeg()
+    print(f"photo: {where}; {os.cpu_count()} cores; {args.repeat} requests per configuration after one warm-up")
+    figures = {"photo": where, "cores": os.cpu_count(), "configs": {}}
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as photo:
+        photo.write(body)
+        photo.flush()
+        for config in configs:
+            runs = run(config, photo.name, args.repeat, args.weights)
+            seconds = [r["seconds"] for r in runs]
+            stages = {k: statistics.median(r["stages_ms"].get(k, 0.0) for r in runs) for k in runs[0]["stages_ms"]}
+            figures["configs"][config] = {"p50_s": statistics.median(seconds), "p90_s": percentile(seconds, 0.9),
+                                          "env": CONFIGS[config], "stages_ms": stages}
+            print(f"  {config:16} p50 {statistics.median(seconds):6.2f} s", flush=True)
+    base = figures["configs"].get("baseline", {}).get("p50_s")
+    today = figures["configs"].get("today", {}).get("p50_s")
+    print(f"\n{'configuration':16} {'p50 s':>7} {'p90 s':>7} {'x baseline':>10} {'x today':>8}  median stage ms")
+    for config, f in figures["configs"].items():
+        vs_base = f"{base / f['p50_s']:9.2f}x" if base else "-"
+        vs_today = f"{today / f['p50_s']:7.2f}x" if today else "-"
+        stages = " ".join(f"{k}={v:.0f}" for k, v in f["stages_ms"].items() if v >= 1)
+        print(f"{config:16} {f['p50_s']:7.2f} {f['p90_s']:7.2f} {vs_base:>10} {vs_today:>8}  {stages}")
+    if args.options:
+        done = subprocess.run([sys.executable, "-c", OPTIONS,
+                               str(args.weights / "u2net_cloth_seg.onnx"), str(args.repeat)],
+                              capture_output=True, text=True, check=True)
+        options = figures["session_options_s"] = json.loads(done.stdout.strip().splitlines()[-1])
+        shipped = next(iter(options.values()))
+        print("\nonnxruntime session options, cloth model alone (768 px, 2 threads), median s:")
+        for name, seconds in options.items():
+            print(f"  {name:48} {seconds:6.2f}  ({shipped / seconds:.2f}x shipped)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
     return 0
 
 

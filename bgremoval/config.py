@@ -26,6 +26,10 @@ class PipelineSettings:
     # centrality, plus fragments inside its box). With the IS-Net matte on the 704 CCP street
     # photos, largest scored main-person IoU 0.9508 against 0.9486 (README "Choosing the main person").
     main_person_rule: str = "largest"
+    # BG_CONCURRENT_MODELS: start the cloth model beside the person matte instead of after it (it
+    # needs only the photo), so one request keeps two cores busy. The same masks; a flat-lay (no
+    # person) wastes that cloth run. See bench/bg.py for what it buys.
+    concurrent_models: bool = False
 
     def __post_init__(self) -> None:
         if self.main_person_rule not in MAIN_PERSON_RULES:
@@ -43,6 +47,7 @@ class PipelineSettings:
             working_max_side=int(env.get("BG_WORKING_MAX_SIDE", cls.working_max_side)),
             keep_main_person=env_flag(env, "BG_KEEP_MAIN_PERSON", cls.keep_main_person),
             main_person_rule=env.get("BG_MAIN_PERSON_RULE", cls.main_person_rule).strip().lower(),
+            concurrent_models=env_flag(env, "BG_CONCURRENT_MODELS", cls.concurrent_models),
         )
 
 

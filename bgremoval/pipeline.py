@@ -13,6 +13,7 @@ works through bands of rows with Pillow's 8-bit blending, and only working-size 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,6 +127,9 @@ class GarmentPipeline:
     def __init__(self, models: Models, settings: PipelineSettings | None = None):
         self.models = models
         self.settings = settings or PipelineSettings()
+        # BG_CONCURRENT_MODELS: the cloth runs here beside the person matte (onnxruntime releases
+        # the GIL). Threads start only when used; one per request thread at most.
+        self._beside = ThreadPoolExecutor(thread_name_prefix="cloth-beside")
 
     def identity(self, classes: tuple[str, ...] = GARMENT_CLASSES) -> dict:
         """Everything that decides a mask, grouped by the images it affects: `shared` decides every
@@ -220,6 +224,10 @@ class GarmentPipeline:
                        for work, alpha in zip(works, alphas, strict=True)]
         lap("working_copy")
 
+        wanted = [CLOTH_CLASSES.index(name) for name in classes]
+        # Speculative: the cloth model needs only the photos, so it can run while the person matte does.
+        cloth_ahead = self._beside.submit(self.models.cloth.class_probability, works, wanted) \
+            if s.concurrent_models and self.models.cloth is not None else None
         persons = [matte > s.person_threshold for matte in self._mattes(self.models.person, works)]
         persons = [person if fg is None else person & fg for person, fg in zip(persons, foregrounds, strict=True)]
         lap("person_matte")
@@ -236,7 +244,11 @@ class GarmentPipeline:
             allowed[i] = dilate(main, s.person_dilation * np.hypot(*works[i].size))
         lap("main_person")
 
-        probabilities = self.garment_probabilities([works[i] for i in garment_rows], classes)
+        if cloth_ahead is not None:
+            planes = cloth_ahead.result()  # waited for even when unused: no run outlives its request
+            probabilities = [resize_plane(planes[i], works[i].size) for i in garment_rows]
+        else:
+            probabilities = self.garment_probabilities([works[i] for i in garment_rows], classes)
         for i, probability in zip(garment_rows, probabilities, strict=True):
             mask = (probability > s.garment_threshold) & allowed[i]
             if mask.sum() < s.min_garment_fraction * works[i].width * works[i].height:

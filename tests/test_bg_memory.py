@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from bench.bg import measure, street_jpeg
+from bench.bg_memory import measure, street_jpeg
 from bench.load import rss_mb, worker_pids
 from shared.budget import PixelBudget
 from shared.errors import Overloaded

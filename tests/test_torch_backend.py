@@ -147,3 +147,16 @@ def test_a_bad_backend_or_precision_is_refused():
         BgConfig(backend="tensorrt")
     with pytest.raises(ValueError, match="BG_CLOTH_PRECISION"):
         BgConfig.from_env({"BG_CLOTH_PRECISION": "fp8"})
+
+
+def test_cloth_beside_the_person_matte_gives_the_same_masks(bg_models, bg_pipeline):
+    """BG_CONCURRENT_MODELS=1 starts the cloth model while the person matte runs: same outcomes
+    (garment, flat-lay, no garment), photo by photo and in a batch."""
+    from bgremoval.config import PipelineSettings
+
+    concurrent = GarmentPipeline(bg_models, PipelineSettings(concurrent_models=True))
+    photos = mixed_batch()
+    assert same_outcomes(outcomes(concurrent.garment_masks(photos)), outcomes(bg_pipeline.garment_masks(photos)))
+    for photo in photos:
+        assert same_outcomes(outcomes(concurrent.garment_masks([photo])), outcomes(bg_pipeline.garment_masks([photo])))
+    assert PipelineSettings.from_env({"BG_CONCURRENT_MODELS": "1"}).concurrent_models

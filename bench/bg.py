@@ -54,19 +54,13 @@ CONFIGS = {
 }
 
 SERVICE = r"""
-import json, logging, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from bgremoval import create_app
 from bgremoval.config import BgConfig
 body, repeat = open(sys.argv[2], "rb").read(), int(sys.argv[3])
-records = []
-class Capture(logging.Handler):
-    def emit(self, record):
-        try:
-            records.append(json.loads(record.getMessage()))
-        except ValueError:
-            pass
-logging.getLogger("fashion.http").addHandler(Capture())
+from bench.stage_log import capture_stage_records
+records = capture_stage_records()
 client = create_app(BgConfig.from_env()).test_client()
 runs = []
 for i in range(repeat + 1):

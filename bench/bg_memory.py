@@ -41,20 +41,14 @@ def street_jpeg(megapixels: float) -> bytes:
 
 
 CHILD = r"""
-import json, logging, resource, sys, time
+import json, resource, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[4]]  # the measured checkout first, then this one (bench.bg_memory)
 from bench.bg_memory import street_jpeg
 from bgremoval import create_app
 from bgremoval.config import BgConfig
 megapixels, repeat = float(sys.argv[2]), int(sys.argv[3])
-records = []
-class Capture(logging.Handler):
-    def emit(self, record):
-        try:
-            records.append(json.loads(record.getMessage()))
-        except ValueError:
-            pass
-logging.getLogger("fashion.http").addHandler(Capture())
+from bench.stage_log import capture_stage_records
+records = capture_stage_records()
 app = create_app(BgConfig(max_pixels=40_000_000))
 client = app.test_client()
 assert client.post("/", data=street_jpeg(0.5), content_type="image/jpeg").status_code == 200

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SIDES = {"u2net_human_seg": 320, "u2net_cloth_seg": 768}
+MODELS = ("u2net_human_seg", "u2net_cloth_seg")  # the person matte and the cloth model
 
 
 def photo_jpeg(seed: int) -> bytes:
@@ -93,7 +93,7 @@ def main() -> int:
             args.json.write_text(json.dumps(figures, indent=1))
 
     args.weights.mkdir(parents=True, exist_ok=True)
-    missing = [n for n in SIDES if not (args.weights / f"{n}.onnx").exists()]
+    missing = [n for n in MODELS if not (args.weights / f"{n}.onnx").exists()]
     if missing:
         start = time.perf_counter()
         subprocess.run([sys.executable, str(args.tools / "make_models.py"), "--out", str(args.weights), "--only",
@@ -106,13 +106,15 @@ def main() -> int:
         ModelSession,
         OnnxRunner,
         model_input,
+        summed_probability,
     )
     from bgremoval.torch_backend import TorchRunner
 
     # 1. models alone
-    runners, specs = {}, {"u2net_human_seg": MATTE_INPUTS["u2net_human_seg"], "u2net_cloth_seg": CLOTH_INPUTS["u2net_cloth_seg"]}
+    runners, specs = {}, {name: {**MATTE_INPUTS, **CLOTH_INPUTS}[name] for name in MODELS}
     models = figures["models_img_per_s"] = {}
-    for name, side in SIDES.items():
+    for name in MODELS:
+        side = specs[name].size
         runners[name] = TorchRunner(str(args.weights / f"{name}.onnx"), args.device, args.model_batch)
         batch = np.random.default_rng(0).standard_normal((args.model_batch, 3, side, side)).astype(np.float32)
         seconds = timed(lambda r=runners[name], b=batch: r(b), 3)
@@ -145,18 +147,15 @@ def main() -> int:
     photos = [scenes.street_photo(768, 1024)[0], scenes.dress_photo(768, 1024),
               scenes.street_photo(600, 800)[0], scenes.flat_lay_photo(1024, 768)[0]]
     agreement = figures["agreement_vs_onnxruntime_fp32"] = {}
-    for name in SIDES:
+    for name in MODELS:
         feed = model_input(photos, specs[name])
         options = ort.SessionOptions()
         options.intra_op_num_threads = min(8, os.cpu_count() or 1)
         reference = OnnxRunner(ort.InferenceSession(str(args.weights / f"{name}.onnx"), options,
                                                     providers=["CPUExecutionProvider"]))(feed)
         got = runners[name](feed)
-        if name == "u2net_cloth_seg":
-            def garment(logits):
-                e = np.exp(logits - logits.max(1, keepdims=True))
-                return (e[:, 1:].sum(1) / e.sum(1)) > 0.5
-            differ = (garment(got) != garment(reference)).mean()
+        if name == "u2net_cloth_seg":  # the garment mask: upper + lower + full
+            differ = ((summed_probability(got, [1, 2, 3]) > 0.5) != (summed_probability(reference, [1, 2, 3]) > 0.5)).mean()
         else:
             differ = ((got[:, 0] > 0.5) != (reference[:, 0] > 0.5)).mean()
         agreement[name] = {"mask_pixels_differ": float(differ), "max_abs_diff": float(np.abs(got - reference).max())}
@@ -170,7 +169,7 @@ def main() -> int:
 
     config = BgConfig.from_env()
     pipeline = GarmentPipeline(Models(*(ModelSession(n, runners[n], specs[n], str(args.weights / f"{n}.onnx"))
-                                        for n in SIDES), product=None), config.pipeline)
+                                        for n in MODELS), product=None), config.pipeline)
     work = [scenes.street_photo(768, 1024)[0] for _ in range(4)] * (args.model_batch // 4 or 1)
     pipeline.garment_masks(work[:2])
     start = time.perf_counter()

@@ -78,6 +78,11 @@ def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
+def summed_probability(logits: np.ndarray, channels: list[int]) -> np.ndarray:
+    """[N, C, S, S] logits -> [N, S, S]: the softmax probability of `channels` together."""
+    return softmax(logits, axis=1)[:, channels].sum(axis=1)
+
+
 def model_input(images: list[Image.Image], spec: InputSpec) -> np.ndarray:
     """A [N, 3, S, S] float32 batch, each image fed exactly as rembg's `normalize()` feeds it:
     Lanczos-resized to the model's square, divided by its own brightest value, then standardised."""
@@ -98,8 +103,13 @@ class OnnxRunner:
         self.input_name = session.get_inputs()[0].name
         batch_dim = session.get_inputs()[0].shape[0]
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
-        self.provider = session.get_providers()[0]
         self.runtime = "onnxruntime"
+
+    def run_images(self, images: list[Image.Image], spec: InputSpec, channels: list[int] | None = None) -> np.ndarray:
+        """[N, S, S] from photos: the first output plane (mattes), or with `channels` their summed
+        softmax probability (cloth). TorchRunner has the same call, done on its device."""
+        out = self(model_input(images, spec))
+        return out[:, 0] if channels is None else summed_probability(out, channels)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.fixed_batch == 1 and len(batch) > 1:
@@ -140,15 +150,11 @@ class ModelSession:
 
     def mattes(self, images: list[Image.Image]) -> np.ndarray:
         """[N, S, S]: a matte model's output plane per image."""
-        if hasattr(self.runner, "run_images"):  # torch: feed and output handled on its device
-            return self.runner.run_images(images, self.spec)
-        return self.run_batch(images)[:, 0]
+        return self.runner.run_images(images, self.spec)
 
     def class_probability(self, images: list[Image.Image], channels: list[int]) -> np.ndarray:
         """[N, S, S]: per image, the softmax probability of `channels` together (the cloth model)."""
-        if hasattr(self.runner, "run_images"):
-            return self.runner.run_images(images, self.spec, channels)
-        return softmax(self.run_batch(images), axis=1)[:, channels].sum(axis=1)
+        return self.runner.run_images(images, self.spec, channels)
 
 
 def session_options(config: BgConfig) -> ort.SessionOptions:
@@ -186,9 +192,8 @@ def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig, preci
     if config.backend == "torch":
         from bgremoval.torch_backend import TorchRunner
 
-        if weights_file(name) is None:
-            session_class(name).download_models()
-        return ModelSession(name, TorchRunner(weights_file(name), config.device), specs[name], weights_file(name))
+        path = weights_file(name) or str(session_class(name).download_models())
+        return ModelSession(name, TorchRunner(path, config.device), specs[name], path)
     from rembg import new_session
 
     session = new_session(name, sess_opts=session_options(config), providers=onnx_providers(config.device))

@@ -21,7 +21,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bgremoval.config import PipelineSettings
-from bgremoval.models import CLOTH_CLASSES, Models, softmax  # noqa: F401  (softmax: re-exported)
+from bgremoval.models import CLOTH_CLASSES, Models
 from shared.errors import Unprocessable
 from shared.images import DecodedImage, flatten_onto_black
 
@@ -51,6 +51,16 @@ class GarmentMask:
     def mask(self) -> np.ndarray:
         """`full()` as a uint8 array (for tools and tests; the service uses `full()`)."""
         return np.asarray(self.full())
+
+
+def working_copy(img: Image.Image, max_side: int) -> Image.Image:
+    """The photo at most `max_side` on its longer side (masks are computed at this size)."""
+    longest = max(img.size)
+    if longest <= max_side:
+        return img
+    scale = max_side / longest
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.BILINEAR)
 
 
 def resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -150,14 +160,6 @@ class GarmentPipeline:
                         "product_threshold": s.person_threshold, "min_garment_fraction": s.min_garment_fraction},
         }
 
-    def _working_copy(self, img: Image.Image) -> Image.Image:
-        longest = max(img.size)
-        if longest <= self.settings.working_max_side:
-            return img
-        scale = self.settings.working_max_side / longest
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        return img.resize(size, Image.BILINEAR)
-
     def _mattes(self, session, images: list[Image.Image]) -> list[np.ndarray]:
         """Each image's matte at its own size, 0..1: one batch through the model."""
         raw = session.mattes(images) if images else []
@@ -166,18 +168,6 @@ class GarmentPipeline:
     def person_mask(self, img: Image.Image) -> np.ndarray:
         """Boolean person matte at `img`'s size, every person in it (before keeping the main one)."""
         return self._mattes(self.models.person, [img])[0] > self.settings.person_threshold
-
-    def garment_probabilities(self, images: list[Image.Image], classes: tuple[str, ...]) -> list[np.ndarray]:
-        """Summed probability of `classes` at each image's size. Summed at the model's resolution
-        and resized once: bilinear resizing is linear, so this equals resizing each class first."""
-        if not images:
-            return []
-        wanted = [CLOTH_CLASSES.index(name) for name in classes]
-        return [resize_plane(plane, img.size)
-                for plane, img in zip(self.models.cloth.class_probability(images, wanted), images, strict=True)]
-
-    def garment_probability(self, img: Image.Image, classes: tuple[str, ...]) -> np.ndarray:
-        return self.garment_probabilities([img], classes)[0]
 
     def garment_mask(
         self,
@@ -218,7 +208,8 @@ class GarmentPipeline:
             clock = now
 
         # Flattened at full size, then scaled down: a transient full-size copy, only for cut-outs.
-        works = [self._working_copy(flatten_onto_black(img, alpha)) for img, alpha in zip(images, alphas, strict=True)]
+        works = [working_copy(flatten_onto_black(img, alpha), s.working_max_side)
+                 for img, alpha in zip(images, alphas, strict=True)]
         foregrounds = [None if alpha is None else
                        np.asarray(Image.fromarray(alpha, "L").resize(work.size, Image.BILINEAR)) >= 128
                        for work, alpha in zip(works, alphas, strict=True)]
@@ -244,13 +235,14 @@ class GarmentPipeline:
             allowed[i] = dilate(main, s.person_dilation * np.hypot(*works[i].size))
         lap("main_person")
 
+        # The classes' probability summed at the model's resolution and resized once: bilinear
+        # resizing is linear, so this equals resizing each class first.
         if cloth_ahead is not None:
-            planes = cloth_ahead.result()  # waited for even when unused: no run outlives its request
-            probabilities = [resize_plane(planes[i], works[i].size) for i in garment_rows]
+            planes = cloth_ahead.result()[garment_rows]  # waited for even when unused: no run outlives its request
         else:
-            probabilities = self.garment_probabilities([works[i] for i in garment_rows], classes)
-        for i, probability in zip(garment_rows, probabilities, strict=True):
-            mask = (probability > s.garment_threshold) & allowed[i]
+            planes = self.models.cloth.class_probability([works[i] for i in garment_rows], wanted) if garment_rows else []
+        for i, plane in zip(garment_rows, planes, strict=True):
+            mask = (resize_plane(plane, works[i].size) > s.garment_threshold) & allowed[i]
             if mask.sum() < s.min_garment_fraction * works[i].width * works[i].height:
                 results[i] = NoGarmentFound(f"A person was found but no garment ({', '.join(classes)}) on them.")
             else:

@@ -148,11 +148,11 @@ def list_photos(folder: Path) -> list[Path]:
 def working_photo(path: Path, config: BgConfig):
     """The photo as the pipeline hands it to the cloth model: decoded like an upload (EXIF
     orientation, alpha flattened onto black), scaled to the working size."""
-    from bgremoval.pipeline import GarmentPipeline
+    from bgremoval.pipeline import working_copy
     from shared.images import decode_image, flatten_onto_black
 
     decoded = decode_image(path.read_bytes(), max_pixels=config.max_pixels)
-    return GarmentPipeline(None, config.pipeline)._working_copy(flatten_onto_black(decoded.rgb, decoded.alpha))
+    return working_copy(flatten_onto_black(decoded.rgb, decoded.alpha), config.pipeline.working_max_side)
 
 
 def model_feed(path: Path, name: str, config: BgConfig) -> np.ndarray:
@@ -215,11 +215,10 @@ def quantize_model(fp32_path: str, target: str, reader, workdir: str) -> None:
 
 def garment_probability(logits: np.ndarray) -> np.ndarray:
     """Summed probability of the garment classes at the model's resolution, as the pipeline sums it."""
-    from bgremoval.models import CLOTH_CLASSES
-    from bgremoval.pipeline import GARMENT_CLASSES, softmax
+    from bgremoval.models import CLOTH_CLASSES, summed_probability
+    from bgremoval.pipeline import GARMENT_CLASSES
 
-    probs = softmax(logits, axis=0)
-    return sum(probs[CLOTH_CLASSES.index(c)] for c in GARMENT_CLASSES)
+    return summed_probability(logits[None], [CLOTH_CLASSES.index(c) for c in GARMENT_CLASSES])[0]
 
 
 def garment_mask(logits: np.ndarray, threshold: float) -> np.ndarray:
@@ -288,7 +287,7 @@ def make_int8(name: str, fp32_path: str, calibration: list[Path], holdout: list[
     Returns the sidecar record."""
     import onnxruntime as ort
 
-    from bgremoval.models import CLOTH_INPUTS
+    from bgremoval.models import CLOTH_INPUTS, file_sha256
     from bgremoval.pipeline import GARMENT_CLASSES
 
     if set(calibration) & set(holdout):
@@ -309,7 +308,7 @@ def make_int8(name: str, fp32_path: str, calibration: list[Path], holdout: list[
             "source_file": os.path.basename(fp32_path),
             "source_sha256": cached_sha256(fp32_path),
             "int8_file": os.path.basename(files.onnx),
-            "int8_sha256": hashlib.sha256(Path(staged).read_bytes()).hexdigest(),
+            "int8_sha256": file_sha256(staged),
             "onnxruntime": ort.__version__,
             "method": METHOD,
             "calibration": {"count": len(calibration), "photos_sha256": photos_digest(calibration),

@@ -12,14 +12,13 @@ The same weights file is read (its sha256 stays the model's identity); the ident
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
 
 from shared.device import torch_device
+from shared.images import threaded_map
 
 log = logging.getLogger("fashion.device")
 GPU_BATCH = 32  # images per forward pass on a GPU: 768 px U^2-Net fp16 needs ~10 GB at 32
@@ -39,7 +38,6 @@ class TorchRunner:
         self.module = (module.half() if self.half else module).to(self.device)
         self.max_batch = max_batch or (GPU_BATCH if self.device == "cuda" else 4)
         self.runtime = f"torch-{self.device}-{'fp16' if self.half else 'fp32'}"
-        self.provider = self.runtime
         self._torch = torch
         # A converted graph holds no per-call state, but one forward at a time keeps a GPU's
         # memory to one batch's activations when several threads share the model.
@@ -53,31 +51,33 @@ class TorchRunner:
         single plane per image comes back, so the GPU is not left waiting on numpy."""
         torch = self._torch
         side = (spec.size, spec.size)
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            pixels = list(pool.map(lambda im: np.asarray(im.convert("RGB").resize(side, Image.Resampling.LANCZOS)),
-                                   images))
+        pixels = np.stack(threaded_map(
+            lambda im: np.asarray(im.convert("RGB").resize(side, Image.Resampling.LANCZOS)), images))
         mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
-        planes = []
-        with self._lock, torch.inference_mode():
-            for start in range(0, len(pixels), self.max_batch):
-                x = torch.from_numpy(np.stack(pixels[start:start + self.max_batch])).to(self.device)
-                x = x.permute(0, 3, 1, 2).float()
-                x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)  # each image by its brightest value
-                x = (x - mean) / std
-                out = self.module(x.half() if self.half else x)
-                first = (out[0] if isinstance(out, (list, tuple)) else out).float()
-                plane = first[:, 0] if channels is None else first.softmax(dim=1)[:, channels].sum(dim=1)
-                planes.append(plane.cpu().numpy())
-        return np.concatenate(planes)
+
+        def feed(x):  # uint8 NHWC -> rembg's normalisation, on the device
+            x = x.permute(0, 3, 1, 2).float()
+            x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)  # each image by its brightest value
+            return (x - mean) / std
+
+        def reduce(first):
+            return first[:, 0] if channels is None else first.softmax(dim=1)[:, channels].sum(dim=1)
+
+        return self._forward(pixels, feed, reduce)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._forward(batch, lambda x: x, lambda first: first)
+
+    def _forward(self, batch: np.ndarray, feed, reduce) -> np.ndarray:
+        """The model over `batch` in chunks of max_batch: feed(tensor on the device) in, the
+        first output (fp32) through reduce() out, back as one numpy array."""
         torch = self._torch
         outputs = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(batch), self.max_batch):
-                x = torch.from_numpy(np.ascontiguousarray(batch[start:start + self.max_batch])).to(self.device)
+                x = feed(torch.from_numpy(np.ascontiguousarray(batch[start:start + self.max_batch])).to(self.device))
                 out = self.module(x.half() if self.half else x)
-                first = out[0] if isinstance(out, (list, tuple)) else out
-                outputs.append(first.float().cpu().numpy())
+                first = (out[0] if isinstance(out, (list, tuple)) else out).float()
+                outputs.append(reduce(first).cpu().numpy())
         return np.concatenate(outputs)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -17,14 +16,6 @@ from bgremoval.config import BgConfig
 
 def _names(config: BgConfig) -> list[str]:
     return [config.models.person, config.models.cloth, config.models.product]
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(config: BgConfig) -> None:
@@ -37,7 +28,7 @@ def download(config: BgConfig) -> None:
 
 
 def copy_from(config: BgConfig, source: str) -> None:
-    from bgremoval.models import session_class
+    from bgremoval.models import file_sha256, session_class
 
     for name in _names(config):
         src = os.path.join(source, f"{name}.onnx")
@@ -46,7 +37,7 @@ def copy_from(config: BgConfig, source: str) -> None:
         target_dir = session_class(name).model_dir()
         os.makedirs(target_dir, exist_ok=True)
         shutil.copyfile(src, os.path.join(target_dir, f"{name}.onnx"))
-        print(f"{name}: copied from {src} (sha256 {_sha256(src)})")
+        print(f"{name}: copied from {src} (sha256 {file_sha256(src)})")
 
 
 def check(config: BgConfig) -> int:

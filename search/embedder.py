@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +23,7 @@ from PIL import Image
 
 from search.config import ClipSettings
 from search.tokenizer import PROBE_TEXT, clip_query_text
+from shared.images import threaded_map
 
 log = logging.getLogger("fashion.search")
 
@@ -163,17 +163,12 @@ class ClipEmbedder:
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if self.model.visual is None:
             raise RuntimeError("this embedder was loaded text-only")
-        if self.device == "cuda" and len(images) > 1:
-            # A GPU embeds thousands of images a second; one core preprocesses ~300 (Pillow's
-            # resize releases the GIL, so threads help).
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-                batch = torch.stack(list(pool.map(self.preprocess, images)))
+        if self.device == "cuda":
+            # A GPU embeds thousands of images a second; one core preprocesses ~300.
+            batch = torch.stack(threaded_map(self.preprocess, images))
+            batch = batch.to(self.device, dtype=torch.float16, non_blocking=True)
         else:
             batch = torch.stack([self.preprocess(im) for im in images])
-        if self.device == "cuda":
-            batch = batch.to(self.device, dtype=torch.float16, non_blocking=True)
         features = self.model.encode_image(batch).float()
         return torch.nn.functional.normalize(features, dim=-1).cpu().numpy().astype(np.float32)
 

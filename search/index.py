@@ -255,9 +255,9 @@ def decoded_ahead(catalog: Path, batches: list[list[CatalogImage]], max_side: in
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    chunk = max(1, -(-max(len(b) for b in batches) // workers)) if batches else 1
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        def submit(batch):
+        def submit(batch):  # one part per worker
+            chunk = max(1, -(-len(batch) // workers))
             parts = [batch[i:i + chunk] for i in range(0, len(batch), chunk)]
             return [pool.submit(decode_batch, catalog, part, max_side) for part in parts]
 

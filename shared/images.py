@@ -6,7 +6,9 @@ Every image either service touches goes through `decode_image`, so EXIF orientat
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,3 +172,10 @@ def encode_image(picture: Image.Image, fmt: str, *, jpeg_quality: int = 95) -> b
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return out.getvalue()
+
+
+def threaded_map(fn, items) -> list:
+    """[fn(item) ...] on up to 8 threads: for per-image Pillow work (resizes) feeding a GPU, which
+    outruns one core; Pillow releases the GIL while it resizes."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, items))

@@ -1,6 +1,6 @@
 """One bg-removal request on the CPU, per stage, against the naive rembg baseline (issue 12).
 
-    python bench/bg.py [--weights DIR] [--photo FILE] [--repeat 5] [--configs today,concurrent,...]
+    python bench/bg.py [--weights DIR] [--repeat 5] [--configs today,int8,...] [--options] [--json FILE]
 
 Models: U^2-Net person matte (320 px) and clothing segmentation (768 px) with rembg's exact
 shapes and random weights (../shared/tools/real-cost-models/make_models.py; written to --weights
@@ -9,17 +9,22 @@ told to keep the photo on the garment branch (min person / garment fraction 0), 
 street photo takes. The photo is a 1185x1600 JPEG (a CCP street photo when ../shared/data is
 there, else a synthetic one).
 
-Every configuration runs in a fresh process on the shipped request path (Flask app: decode,
-garment step, composite, JPEG encode), one warm-up request, then --repeat timed ones: p50, p90
-and each stage's median from the service's own stage log. In the same run:
+Every configuration runs in a fresh process on the service's request path (its Flask app through
+the test client, one request at a time, no gunicorn: decode, garment step, composite, JPEG
+encode), one warm-up request, then --repeat timed ones: p50, p90 and each stage's median from
+the service's own stage log. In the same run:
 
   baseline          rembg.remove() with new sessions for both models on every request (the naive
                     service): person mask, cloth masks, intersected, composited onto black
-  today             the pipeline as it ships: models one after the other, fp32, ORT_THREADS=2
+  today             the pipeline: models one after the other, fp32, ORT_THREADS=2 (one request
+                    with both cores, as the baseline gets them)
+  shipped-1t        the same with the images' default ORT_THREADS=1 (2 workers x 2 threads share
+                    the 2 cores under load, so one request's model gets one core)
   concurrent        BG_CONCURRENT_MODELS=1: the cloth model beside the person matte, 1 thread each
   concurrent-2t     the same, 2 threads each
   int8              BG_CLOTH_PRECISION=int8 (needs <weights>/u2net_cloth_seg.int8.onnx: `python -m
                     bgremoval.quantize --photos DIR`), models one after the other, 2 threads
+  int8-1t           int8 with ORT_THREADS=1
   int8-concurrent   int8 and BG_CONCURRENT_MODELS=1, 1 thread each
   working-768       BG_WORKING_MAX_SIDE=768 (masks computed on fewer pixels)
 
@@ -46,9 +51,11 @@ FORCE_GARMENT_BRANCH = {"BG_MIN_PERSON_FRACTION": "0", "BG_MIN_GARMENT_FRACTION"
 CONFIGS = {
     "baseline": {"ORT_THREADS": "2"},
     "today": {"ORT_THREADS": "2"},
+    "shipped-1t": {"ORT_THREADS": "1"},
     "concurrent": {"ORT_THREADS": "1", "BG_CONCURRENT_MODELS": "1"},
     "concurrent-2t": {"ORT_THREADS": "2", "BG_CONCURRENT_MODELS": "1"},
     "int8": {"ORT_THREADS": "2", "BG_CLOTH_PRECISION": "int8"},
+    "int8-1t": {"ORT_THREADS": "1", "BG_CLOTH_PRECISION": "int8"},
     "int8-concurrent": {"ORT_THREADS": "1", "BG_CLOTH_PRECISION": "int8", "BG_CONCURRENT_MODELS": "1"},
     "working-768": {"ORT_THREADS": "2", "BG_WORKING_MAX_SIDE": "768"},
 }

@@ -17,10 +17,9 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import Unprocessable
-from shared.images import DecodedImage
+from shared.images import CROP_MARGIN, DecodedImage, crop_to_mask
 
 log = logging.getLogger("fashion.index")
-CROP_MARGIN = 0.05  # of the garment box, so CLIP sees the whole garment, big
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
@@ -33,18 +32,6 @@ class GarmentServiceError(RuntimeError):
 class Cutout:
     picture: Image.Image  # the garment on black, cropped to it
     source: str  # "garment" (a person's clothes) or "product" (flat-lay matte): which settings made it
-
-
-def crop_to_mask(picture: Image.Image, mask: np.ndarray) -> Image.Image:
-    """The garment's box (uint8 mask > half), with a margin."""
-    rows, cols = np.nonzero(mask > 127)
-    if rows.size == 0:
-        return picture
-    pad_y = int((rows.max() - rows.min()) * CROP_MARGIN)
-    pad_x = int((cols.max() - cols.min()) * CROP_MARGIN)
-    box = (max(0, cols.min() - pad_x), max(0, rows.min() - pad_y),
-           min(picture.width, cols.max() + 1 + pad_x), min(picture.height, rows.max() + 1 + pad_y))
-    return picture.crop(box)
 
 
 def with_crop(pipeline_identity: dict) -> dict:

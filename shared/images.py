@@ -20,6 +20,7 @@ from shared.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 DEFAULT_MAX_PIXELS = 40_000_000
 MIN_SIDE = 8  # smaller pictures carry no garment worth segmenting
+CROP_MARGIN = 0.05  # of the garment box, so CLIP (and a cropped result) shows the whole garment
 
 
 @dataclass
@@ -172,6 +173,25 @@ def encode_image(picture: Image.Image, fmt: str, *, jpeg_quality: int = 95) -> b
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return out.getvalue()
+
+
+def garment_box(mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[int, int, int, int] | None:
+    """The (left, top, right, bottom) box of a uint8 mask's pixels over half, widened by `margin`
+    of its size on each side and clipped to the image; None when the mask is empty."""
+    rows, cols = np.nonzero(mask > 127)
+    if rows.size == 0:
+        return None
+    pad_y = int((rows.max() - rows.min()) * margin)
+    pad_x = int((cols.max() - cols.min()) * margin)
+    height, width = mask.shape[:2]
+    return (max(0, int(cols.min()) - pad_x), max(0, int(rows.min()) - pad_y),
+            min(width, int(cols.max()) + 1 + pad_x), min(height, int(rows.max()) + 1 + pad_y))
+
+
+def crop_to_mask(picture: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The picture cropped to the garment's box (garment_box), or whole when the mask is empty."""
+    box = garment_box(mask)
+    return picture if box is None else picture.crop(box)
 
 
 def threaded_map(fn, items) -> list:

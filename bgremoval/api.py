@@ -3,20 +3,25 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
 from bgremoval.pipeline import GARMENT_CLASSES, GarmentPipeline
-from shared.errors import BadRequest, UnsupportedMediaType
+from shared.errors import BadRequest, ProblemError, Unprocessable
 from shared.fetch import fetch_url
-from shared.images import decode_opened, encode_image, open_image
-from shared.web import json_object_body, reject_unknown_fields, stage_timings
+from shared.images import WEBP_MAX_SIDE, OpenedImage, decode_covering, decode_opened, encode_image, open_image
+from shared.uploads import read_image_request, url_field
+from shared.web import stage_timings
 
 bp = Blueprint("bgremoval", __name__)
 
-OPTION_FIELDS = {"format", "background", "classes"}
-FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
+OPTION_FIELDS = {"format", "background", "background_url", "classes", "crop"}
+FORMATS = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+ALPHA_FORMATS = {"png", "webp"}  # these carry the garment mask as alpha (unless a background_url is given)
+CROPS = ("none", "garment")
 HEX_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 
@@ -24,7 +29,15 @@ HEX_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
 class Options:
     format: str = "jpeg"
     background: tuple[int, int, int] = (0, 0, 0)
+    background_url: str | None = None  # an image to put behind the garment instead of the colour
     classes: tuple[str, ...] = GARMENT_CLASSES
+    crop: str = "none"
+
+    @property
+    def mask_as_alpha(self) -> bool:
+        # A background picture is meant to be seen: under alpha it would be thrown away, so
+        # png/webp with a background_url are the opaque composite.
+        return self.format in ALPHA_FORMATS and self.background_url is None
 
 
 def parse_options(raw: dict) -> Options:
@@ -32,6 +45,7 @@ def parse_options(raw: dict) -> Options:
     fmt = raw.get("format", "jpeg")
     if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
         raise BadRequest(f"format must be one of {sorted(FORMATS)}.", field="format")
+    background_url = parse_background_url(raw)
     colour = raw.get("background", "#000000")
     match = HEX_COLOUR.match(colour) if isinstance(colour, str) else None
     if not match:
@@ -44,42 +58,74 @@ def parse_options(raw: dict) -> Options:
             or not all(isinstance(c, str) and c in GARMENT_CLASSES for c in classes)):
         raise BadRequest(f"classes must be a non-empty subset of {list(GARMENT_CLASSES)}.", field="classes")
     ordered = tuple(c for c in GARMENT_CLASSES if c in classes)
-    return Options(format=fmt.lower(), background=rgb, classes=ordered)
+    crop = raw.get("crop", "none")
+    if not isinstance(crop, str) or crop.lower() not in CROPS:
+        raise BadRequest(f"crop must be one of {list(CROPS)}.", field="crop")
+    return Options(format=fmt.lower(), background=rgb, background_url=background_url, classes=ordered,
+                   crop=crop.lower())
+
+
+def parse_background_url(raw: dict) -> str | None:
+    """The background image's address, or None. Only the cheap checks here (type, scheme, host),
+    so a hopeless value is refused before any download; fetch_url checks the rest."""
+    if "background_url" not in raw:
+        return None
+    if "background" in raw:
+        raise BadRequest("Send either background (a colour) or background_url (an image), not both.",
+                         field="background_url")
+    url = url_field(raw["background_url"], "background_url")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise BadRequest("background_url is not a valid URL.", field="background_url") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise BadRequest("background_url must be an http(s) URL with a host.", field="background_url")
+    return url
+
+
+@contextmanager
+def about_field(field: str):
+    """Problems raised inside (by the fetcher or the decoder, which know nothing of request
+    fields) name `field`, so a client can tell the background's failure from the photo's."""
+    try:
+        yield
+    except ProblemError as exc:
+        exc.field = field
+        exc.detail = f"{field}: {exc.detail}"
+        raise
+
+
+def fetch_image(url: str, stage: str) -> bytes:
+    start = time.perf_counter()
+    data = fetch_url(url, current_app.config["BG"].fetch)
+    stage_timings()[stage] = time.perf_counter() - start
+    return data
+
+
+def covering(backdrop: OpenedImage):
+    """The pipeline's background for a fetched image: decoded to cover the output size it is
+    called with (that size is known only after the mask, with crop=garment)."""
+    def picture(size: tuple[int, int]):
+        with about_field("background_url"):
+            return decode_covering(backdrop, size)
+    return picture
 
 
 def _read_request() -> tuple[bytes, Options]:
     """The image bytes and options from a JSON {url}, a multipart `file`, or a raw image/* body."""
-    config = current_app.config["BG"]
-    mimetype = request.mimetype or ""
-    if request.is_json:
-        body = json_object_body()
-        reject_unknown_fields(body, OPTION_FIELDS | {"url"})
-        url = body.get("url")
-        if not isinstance(url, str) or not url.strip():
-            raise BadRequest("url must be a non-empty string with the image's http(s) address.", field="url")
-        options = parse_options(body)
-        start = time.perf_counter()
-        data = fetch_url(url.strip(), config.fetch)
-        stage_timings()["fetch"] = time.perf_counter() - start
-        return data, options
-    if mimetype == "multipart/form-data":
-        reject_unknown_fields(dict(request.form), OPTION_FIELDS)
-        extra_files = set(request.files) - {"file"}
-        if extra_files:
-            raise BadRequest(f"Unknown file field {sorted(extra_files)[0]!r}; send the image as 'file'.",
-                             field=sorted(extra_files)[0])
-        upload = request.files.get("file")
-        if upload is None:
-            raise BadRequest("multipart requests must carry the image in a 'file' field.", field="file")
-        return upload.read(), parse_options(request.form.to_dict())
-    if mimetype.startswith("image/"):
-        reject_unknown_fields(request.args.to_dict(), OPTION_FIELDS)
-        # Not cached on the request object: the handler drops the body once it is decoded.
-        return request.get_data(cache=False), parse_options(request.args.to_dict())
-    raise UnsupportedMediaType(
-        "Send JSON {\"url\": ...}, a multipart form with a 'file' field, or a raw image/* body "
-        f"(got Content-Type {mimetype or 'none'!r})."
-    )
+    got = read_image_request(OPTION_FIELDS, json_fields={"url"})
+    if got.form == "json":
+        url = url_field(got.fields.get("url"), "url")
+        options = parse_options(got.fields)
+        return fetch_image(url, "fetch"), options
+    return got.image, parse_options(got.fields)
+
+
+def require_webp_fits(options: Options, size: tuple[int, int]) -> None:
+    if options.format == "webp" and max(size) > WEBP_MAX_SIDE:
+        raise Unprocessable(f"The result would be {size[0]}x{size[1]}; WebP holds at most {WEBP_MAX_SIDE} px "
+                            "a side: ask for jpeg or png (or crop=garment).", field="format")
 
 
 @bp.post("/")
@@ -90,18 +136,34 @@ def remove_background() -> Response:
     data, options = _read_request()
     opened = open_image(data, max_pixels=config.max_pixels)  # header only: 413/415/422 before any pixel
     del data  # the opened image holds the bytes until it is decoded
+    if options.crop == "none":
+        require_webp_fits(options, opened.image.size)  # the output is the photo's size (sides maybe swapped)
+    backdrop: OpenedImage | None = None
+    pixels = opened.pixels
+    if options.background_url:
+        # Fetched only now that the options and the photo's header passed: a request that is
+        # refused anyway costs no download. And before the pixel budget and the models: a
+        # background that fails (refused, 502/504, not an image) costs no model run, and a slow
+        # host does not hold budget that other requests wait for. Its header is checked here too;
+        # its pixels are decoded only once the output size is known (after the mask).
+        with about_field("background_url"):
+            backdrop = open_image(fetch_image(options.background_url, "background_fetch"),
+                                  max_pixels=config.max_pixels)
+        pixels += backdrop.pixels  # decoded at most at full size: budget for it (JPEGs take far less)
     # Memory grows with pixels: reserve them from this worker's budget (503 + Retry-After past it).
-    with current_app.extensions["pixel_budget"].reserve(opened.pixels):
+    with current_app.extensions["pixel_budget"].reserve(pixels):
         start = time.perf_counter()
         decoded = decode_opened(opened)
         del opened
         stage_timings()["decode"] = time.perf_counter() - start
 
-        picture, result = pipeline.cut_out(decoded, options.classes, options.background,
-                                           mask_as_alpha=options.format == "png")
-        del decoded  # the input is not needed any more: free it before encoding
+        background = options.background if backdrop is None else covering(backdrop)
+        picture, result = pipeline.cut_out(decoded, options.classes, background,
+                                           mask_as_alpha=options.mask_as_alpha, crop=options.crop == "garment")
+        del decoded, backdrop, background  # the inputs are not needed any more: free them before encoding
         stage_timings().update(result.timings)
 
+        require_webp_fits(options, picture.size)
         start = time.perf_counter()
         payload = encode_image(picture, options.format, jpeg_quality=config.jpeg_quality)
         del picture

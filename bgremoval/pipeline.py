@@ -1,7 +1,8 @@
 """Garment-only background removal as a plain Python pipeline (no Flask).
 
     person matte -> keep the main person -> clothing classes -> garment = classes ∩ person
-    (no person: salient-object matte as the product) -> composite onto a background colour.
+    (no person: salient-object matte as the product) -> [crop to the garment's box]
+    -> composite onto a background colour or a background picture.
 
 Masks are computed at a working resolution of at most `working_max_side` (the networks see
 320-1024 px anyway) and scaled up once at the end, so large photos cost little extra.
@@ -13,6 +14,7 @@ works through bands of rows with Pillow's 8-bit blending, and only working-size 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,11 +25,16 @@ from scipy import ndimage
 from bgremoval.config import PipelineSettings
 from bgremoval.models import CLOTH_CLASSES, Models
 from shared.errors import Unprocessable
-from shared.images import DecodedImage, flatten_onto_black
+from shared.images import DecodedImage, flatten_onto_black, garment_box
 
 BAND_PIXELS = 1 << 20  # the composite works on ~1 MP of rows at a time
 
 GARMENT_CLASSES = ("upper", "lower", "full")
+
+# What goes behind the garment: an RGB colour, or a function that returns an RGB picture of the
+# size it is given. A function because that size is known only once the mask is (crop=garment),
+# and so a background image is decoded only when there is a garment to put in front of it.
+Background = tuple[int, int, int] | Callable[[tuple[int, int]], Image.Image]
 
 
 class NoGarmentFound(Unprocessable):
@@ -287,19 +294,33 @@ class GarmentPipeline:
         self,
         img: Image.Image,
         classes: tuple[str, ...] = GARMENT_CLASSES,
-        background: tuple[int, int, int] = (0, 0, 0),
+        background: Background = (0, 0, 0),
         alpha: np.ndarray | None = None,
         *,
         mask_as_alpha: bool = False,
+        crop: bool = False,
     ) -> tuple[Image.Image, GarmentMask]:
-        """The garment on a plain background, same size, and the mask used. RGB, or with
-        `mask_as_alpha` RGBA whose alpha is the mask (for PNG)."""
-        return self._picture(img, self.garment_mask(img, classes, alpha), background, alpha, mask_as_alpha)
+        """The garment on a background (a colour, or a picture: see `Background`), and the mask
+        used (always at the photo's size). Same size as the photo, or with `crop` the garment's
+        box plus a margin (shared.images.garment_box, the crop the search indexer uses). RGB, or
+        with `mask_as_alpha` RGBA whose alpha is the mask (for PNG/WebP)."""
+        return self._picture(img, self.garment_mask(img, classes, alpha), background, alpha, mask_as_alpha, crop)
 
-    def _picture(self, img: Image.Image, result: GarmentMask, background, alpha, mask_as_alpha: bool):
+    def _picture(self, img: Image.Image, result: GarmentMask, background: Background, alpha, mask_as_alpha: bool,
+                 crop: bool = False):
         start = time.perf_counter()
         full_mask = result.full()
         result.timings["mask_upscale"] = time.perf_counter() - start
+        if crop:
+            # The same box GarmentMask.mask would give, without upscaling the mask a second time.
+            box = garment_box(np.asarray(full_mask))
+            if box is not None:  # never None past NoGarmentFound's minimum; kept whole if it were
+                img, full_mask = img.crop(box), full_mask.crop(box)
+                alpha = None if alpha is None else alpha[box[1]:box[3], box[0]:box[2]]
+        if callable(background):
+            start = time.perf_counter()
+            background = background(img.size)
+            result.timings["background"] = time.perf_counter() - start
         start = time.perf_counter()
         picture = composite(img, full_mask, background, alpha=alpha, mask_as_alpha=mask_as_alpha)
         result.timings["composite"] = time.perf_counter() - start
@@ -309,14 +330,16 @@ class GarmentPipeline:
         self,
         decoded: DecodedImage,
         classes: tuple[str, ...] = GARMENT_CLASSES,
-        background: tuple[int, int, int] = (0, 0, 0),
+        background: Background = (0, 0, 0),
         *,
         mask_as_alpha: bool = False,
+        crop: bool = False,
     ) -> tuple[Image.Image, GarmentMask]:
         """remove_background for a decoded upload. An already-matted photo is flattened onto
         black and its alpha narrows the mask; it still goes through the garment step, because
         catalog cut-outs keep faces, hair and hands."""
-        return self.remove_background(decoded.rgb, classes, background, decoded.alpha, mask_as_alpha=mask_as_alpha)
+        return self.remove_background(decoded.rgb, classes, background, decoded.alpha,
+                                      mask_as_alpha=mask_as_alpha, crop=crop)
 
     def cut_outs(
         self,
@@ -332,15 +355,25 @@ class GarmentPipeline:
                 for decoded, result in zip(batch, masks, strict=True)]
 
 
-def composite(img: Image.Image, mask: Image.Image, background: tuple[int, int, int], *,
+def composite(img: Image.Image, mask: Image.Image, background: tuple[int, int, int] | Image.Image, *,
               alpha: np.ndarray | None = None, mask_as_alpha: bool = False) -> Image.Image:
     """img x mask + background x (1 - mask), per channel, in 8 bits: Pillow's paste with a mask
     rounds exactly as round(img * m/255 + background * (1 - m/255)). `alpha` (a cut-out's own
     alpha) first puts the photo onto black. Works through bands of rows, so the output is the
     only new full-size buffer; with `mask_as_alpha` the output is RGBA with the mask as alpha
-    (the background colour at alpha 0 blends into exactly alpha = mask)."""
+    (the background colour at alpha 0 blends into exactly alpha = mask).
+
+    `background` may be an RGB picture of img's size instead of a colour: it becomes the output
+    (painted on in place, so it must be the caller's own copy), with the same soft edges."""
     width, height = img.size
-    out = Image.new("RGBA", img.size, (*background, 0)) if mask_as_alpha else Image.new("RGB", img.size, background)
+    if isinstance(background, Image.Image):
+        if background.size != img.size or background.mode != "RGB" or mask_as_alpha:
+            raise ValueError("a background picture must be RGB, of the photo's size, and without mask_as_alpha")
+        out = background
+    elif mask_as_alpha:
+        out = Image.new("RGBA", img.size, (*background, 0))
+    else:
+        out = Image.new("RGB", img.size, background)
     rows = max(1, BAND_PIXELS // width)
     for top in range(0, height, rows):
         box = (0, top, width, min(height, top + rows))

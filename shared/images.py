@@ -6,6 +6,7 @@ Every image either service touches goes through `decode_image`, so EXIF orientat
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,9 @@ from shared.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 DEFAULT_MAX_PIXELS = 40_000_000
 MIN_SIDE = 8  # smaller pictures carry no garment worth segmenting
+MAX_SIDE = 65_500  # JPEG cannot encode a longer side; within the pixel cap only slivers reach it
 CROP_MARGIN = 0.05  # of the garment box, so CLIP (and a cropped result) shows the whole garment
+WEBP_MAX_SIDE = 16383  # the format's limit: larger pictures cannot be WebP at all
 
 
 @dataclass
@@ -101,6 +104,8 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedIm
         )
     if min(width, height) < MIN_SIDE:
         raise Unprocessable(f"The image is {width}x{height}; both sides must be at least {MIN_SIDE} px.")
+    if max(width, height) > MAX_SIDE:
+        raise Unprocessable(f"The image is {width}x{height}; no side may be longer than {MAX_SIDE:,} px.")
     return OpenedImage(im, source_format)
 
 
@@ -162,7 +167,8 @@ def flatten_onto_black(picture: Image.Image, alpha: np.ndarray | None) -> Image.
 
 
 def encode_image(picture: Image.Image, fmt: str, *, jpeg_quality: int = 95) -> bytes:
-    """Encode as JPEG (RGB) or PNG (any mode, e.g. RGBA with the garment mask as alpha)."""
+    """Encode as JPEG (RGB), PNG (any mode, e.g. RGBA with the garment mask as alpha) or WebP
+    (RGB or RGBA, lossy at `jpeg_quality`; its alpha is stored losslessly)."""
     out = io.BytesIO()
     if fmt == "jpeg":
         # convert() copies even when the mode already matches: only convert what is not RGB.
@@ -170,6 +176,11 @@ def encode_image(picture: Image.Image, fmt: str, *, jpeg_quality: int = 95) -> b
         rgb.save(out, "JPEG", quality=jpeg_quality, subsampling=0)
     elif fmt == "png":
         picture.save(out, "PNG", compress_level=3)
+    elif fmt == "webp":
+        if max(picture.size) > WEBP_MAX_SIDE:
+            raise Unprocessable(f"The picture is {picture.width}x{picture.height}; WebP holds at most "
+                                f"{WEBP_MAX_SIDE} px a side: ask for jpeg or png.")
+        picture.save(out, "WEBP", quality=jpeg_quality)
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return out.getvalue()
@@ -192,6 +203,44 @@ def crop_to_mask(picture: Image.Image, mask: np.ndarray) -> Image.Image:
     """The picture cropped to the garment's box (garment_box), or whole when the mask is empty."""
     box = garment_box(mask)
     return picture if box is None else picture.crop(box)
+
+
+def cover_box(source: tuple[int, int], target: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The part of a `source`-sized picture that shows when it is scaled, aspect ratio kept, just
+    enough to cover `target` and then centre-cropped to it: the largest centred box with
+    target's aspect ratio, as (left, top, right, bottom) in source pixels (fractions allowed)."""
+    scale = max(target[0] / source[0], target[1] / source[1])
+    width, height = target[0] / scale, target[1] / scale
+    left, top = (source[0] - width) / 2, (source[1] - height) / 2
+    return (left, top, left + width, top + height)
+
+
+def cover(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`picture` scaled (aspect ratio kept) to cover `size` and centre-cropped to exactly `size`.
+    One Pillow resize of just the part that shows: no scaled-up intermediate, no float copy.
+    Always a new image, so the caller may paint on it."""
+    return picture.resize(size, Image.BICUBIC, box=cover_box(picture.size, size))
+
+
+def decode_covering(opened: OpenedImage, size: tuple[int, int]) -> Image.Image:
+    """A checked image decoded into an RGB picture of exactly `size` that it covers (`cover`):
+    a backdrop. JPEGs are decoded at the smallest DCT scale that still covers `size`, so a large
+    backdrop never exists in memory at full size; transparent parts are black, as cut-outs are
+    seen everywhere else."""
+    im = opened.image
+    try:
+        upright = _upright_size(im)
+        scale = max(size[0] / upright[0], size[1] / upright[1])
+        if scale < 1:
+            needed = (math.ceil(upright[0] * scale), math.ceil(upright[1] * scale))
+            # draft never goes below the size asked for; JPEG only, a no-op for other formats
+            im.draft("RGB", needed if upright == im.size else needed[::-1])
+    except Exception as exc:  # noqa: BLE001 - a corrupt EXIF block raises all sorts; untrusted input
+        raise Unprocessable(f"The image could not be decoded: {type(exc).__name__}") from None
+    decoded = decode_opened(opened)
+    flat = flatten_onto_black(decoded.rgb, decoded.alpha)
+    del decoded
+    return cover(flat, size)
 
 
 def threaded_map(fn, items) -> list:

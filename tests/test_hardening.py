@@ -225,6 +225,8 @@ IMAGE_CASES = {
     "truncated jpeg": (lambda: _encode(scenes.street_photo()[0], "JPEG")[:5000], 422),
     "decompression bomb png": (_bomb_png, 413),
     "huge dimension header": (_huge_header_png, 413),
+    # Under the pixel cap, but a side JPEG (and WebP) cannot encode: refused before decoding.
+    "sliver past the JPEG side limit": (lambda: _huge_header_png(70_000, 8), 422),
     "1x1 image": (lambda: _encode(Image.new("RGB", (1, 1), (255, 0, 0)), "PNG"), 422),
     "random bytes": (lambda: bytes(range(256)) * 20, 415),
     "pdf": (lambda: b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", 415),
@@ -276,7 +278,7 @@ def test_body_over_the_limit_is_413(bg_models):
 def test_multipart_without_file_and_unknown_routes(bg_client):
     _assert_problem(bg_client.post("/", data={"format": "png"}, content_type="multipart/form-data"), 400)
     _assert_problem(bg_client.get("/nope"), 404)
-    response = bg_client.get("/")
+    response = bg_client.delete("/")  # GET / is the web page (tests/test_pages.py)
     _assert_problem(response, 405)
     assert "POST" in response.headers["Allow"]
 

@@ -26,5 +26,5 @@ def create_app(config: BgConfig | None = None, *, models=None) -> Flask:
 
     return create_service_app(
         __name__, service="bgremoval", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,
-        settings=("BG", config), loader=load,
+        settings=("BG", config), loader=load, page="bgremoval.page",
     )

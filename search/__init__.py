@@ -52,5 +52,5 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
 
     return create_service_app(
         __name__, service="search", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,
-        settings=("SEARCH", config), loader=load,
+        settings=("SEARCH", config), loader=load, page="search.page",
     )

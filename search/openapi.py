@@ -11,7 +11,9 @@ OPENAPI = {
     "openapi": "3.1.0",
     "info": {"title": "Garment text search", "version": "1.0.0"},
     "paths": {
-        "/": {"post": {
+        "/": {"get": {"summary": "The web page (HTML; its script and style under /assets/)",
+                      "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}},
+              "post": {
             "summary": "Products whose garment photos match the text",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["text"], "additionalProperties": False,

@@ -1,7 +1,9 @@
 """Flask plumbing both services share: problem+json errors, request ids, structured logs,
-health/readiness, Prometheus metrics, the OpenAPI document and strict JSON body parsing."""
+health/readiness, Prometheus metrics, the OpenAPI document, strict JSON body parsing, the
+security headers on every response and the services' web pages."""
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -9,7 +11,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,6 +26,20 @@ from shared.errors import BadRequest, NotReady, ProblemError, UnsupportedMediaTy
 
 log = logging.getLogger("fashion.http")
 PROBLEM_MIMETYPE = "application/problem+json"
+
+# On every response, JSON, image, HTML page or asset alike. The pages load only their own script
+# and style files (no inline script, no eval, no inline style); images may also come from any
+# http(s) address (the bg page shows a URL's "before" picture straight from it; absolute result
+# urls under PUBLIC_BASE_URL), blob: (a result the page just received) and data:.
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' blob: data: http: https:",
+    "connect-src 'self'", "form-action 'self'", "base-uri 'none'", "frame-ancestors 'none'",
+))
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def problem_response(status: int, title: str, detail: str, **extra: Any) -> Response:
@@ -140,6 +156,8 @@ def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: d
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         metrics.requests.labels(service, endpoint, request.method, str(response.status_code)).inc()
         metrics.latency.labels(service, endpoint).observe(elapsed)
         timings = g.get("stage_timings") or {}
@@ -165,7 +183,7 @@ def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: d
     def _http(exc: HTTPException) -> Response:
         detail = exc.description or exc.name
         if exc.code == 413:
-            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            limit = request.max_content_length  # per request where a service sets it (search: JSON vs photos)
             detail = f"The request body is larger than the {limit:,}-byte limit." if limit else detail
         response = problem_response(exc.code or 500, exc.name, detail)
         if exc.code == 405 and exc.valid_methods:
@@ -208,9 +226,12 @@ def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: d
 
 
 def create_service_app(import_name: str, *, service: str, openapi: dict, blueprint: Blueprint,
-                       max_body_bytes: int, settings: tuple[str, Any], loader: Callable[[Flask], str]) -> Flask:
+                       max_body_bytes: int, settings: tuple[str, Any], loader: Callable[[Flask], str],
+                       page: str | None = None) -> Flask:
     """The app both services build: common plumbing, their blueprint, and models loaded by
-    `loader(app)` (returns the readiness detail) before the app is returned.
+    `loader(app)` (returns the readiness detail) before the app is returned. `page` names the
+    module whose `bp` blueprint serves the service's web page (GET /) and its assets; the assets
+    both pages share are served by shared.pages.
 
     Loading happens here, in the worker, before it serves: gunicorn calls the app factory in
     each worker before the worker accepts connections, so a worker that boots or is recycled
@@ -223,12 +244,17 @@ def create_service_app(import_name: str, *, service: str, openapi: dict, bluepri
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return_large_blocks()  # before the models load: their freed buffers go back too
-    app = Flask(import_name)
+    app = Flask(import_name, static_folder=None)  # assets come from the page blueprints only
     app.config[settings[0]] = settings[1]
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     readiness = Readiness()
     install_common(app, service=service, readiness=readiness, openapi=openapi)
     app.register_blueprint(blueprint)
+    if page is not None:
+        from shared.pages import assets
+
+        app.register_blueprint(assets)
+        app.register_blueprint(importlib.import_module(page).bp)
     load_before_serving(readiness, lambda: loader(app))
     return app
 

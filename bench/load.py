@@ -79,6 +79,7 @@ def start(app: str, env: dict, workers: int, threads: int, timeout: float = 300)
     if proc.poll() is not None or ready < workers * 3:
         log.seek(0)
         raise RuntimeError(f"gunicorn did not get ready: {log.read().decode(errors='replace')[-2000:]}")
+    proc.log = log  # what the server printed (its JSON request logs carry stage timings)
     return proc, base
 
 

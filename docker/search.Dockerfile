@@ -1,7 +1,7 @@
 # Search service with a ready index of the sample catalog. Build from the repository root:
 #   docker build -f docker/search.Dockerfile -t fashion-search .
 # Two stages: `builder` has torch, open_clip and rembg to build the index and export the CLIP
-# text tower to ONNX; the runtime stage serves that export on onnxruntime and has no torch.
+# text and image towers to ONNX; the runtime stage serves that export on onnxruntime and has no torch.
 ARG BASE_IMAGE=python:3.12-slim
 # Global, so both stages share one default: serving checks they match the export.
 ARG CLIP_MODEL=ViT-B-32
@@ -107,13 +107,14 @@ RUN pip install -r requirements-search.txt \
 COPY shared/ shared/
 COPY search/ search/
 COPY docker/gunicorn.conf.py docker/
-# The index (with its text-encoder export) and the catalog whose images results link to. No CLIP
-# or U^2-Net weights: queries run on the export, and serving never segments photos.
+# The index (with its ONNX export of CLIP's text and image towers) and the catalog whose images
+# results link to. No CLIP or U^2-Net weights: queries run on the export, and photo queries ask
+# the bg-removal service for the garment (BG_SERVICE_URL, set in docker-compose.yml).
 COPY --from=builder /opt/index /opt/index
 COPY --from=builder /opt/catalog /opt/catalog
 
 # Serving's modules import without torch (a missing serving dependency fails here, not at start).
-RUN python -c "import search.api, search.searcher, search.text_encoder, search.vectors.exact, shared.web" \
+RUN python -c "import search.api, search.searcher, search.text_encoder, search.image_encoder, search.photos, search.page, search.vectors.exact, shared.web" \
     && useradd --system --uid 10001 --no-create-home app
 USER app
 EXPOSE 5000

@@ -69,6 +69,34 @@ def main() -> int:
     print(f"search: 5 unique results, top {results[0]['product_name']} ({scores[0]:.3f}), image served")
     bad = requests.post(args.search + "/", json={"text": "x", "n": 0}, timeout=30)
     assert bad.status_code == 400
+
+    # Photo queries: the search container asks the bg container for the garment (BG_SERVICE_URL).
+    assert "bg-removal service" in ready["search"].get("photo_queries", ""), ready["search"]
+    response = requests.post(args.search + "/", files={"file": (photo.name, photo.read_bytes(), "image/png")},
+                             data={"n": "3"}, timeout=120)
+    assert response.status_code == 200, response.text
+    found = response.json()
+    assert len(found) == 3 and len({r["product_name"] for r in found}) == 3, found
+    assert [r["score"] for r in found] == sorted((r["score"] for r in found), reverse=True), found
+    # (Random tiny-CLIP weights here: where the photo's own product ranks is reported, not judged.)
+    names = [r["product_name"] for r in found]
+    rank = names.index(photo.parent.name) + 1 if photo.parent.name in names else "not in the top 3"
+    print(f"search: photo query {photo.parent.name}/{photo.name}: its own product ranks {rank}")
+    similar = requests.get(f"{args.search}/products/{requests.utils.quote(photo.parent.name, safe='')}/similar",
+                           params={"n": 3}, timeout=30)
+    assert similar.status_code == 200 and photo.parent.name not in [r["product_name"] for r in similar.json()]
+    batch = requests.post(args.search + "/batch", json={"queries": [{"text": "red dress", "n": 2}, {"text": "hijab"}]},
+                          timeout=30)
+    assert batch.status_code == 200 and [len(a) for a in batch.json()] == [2, 5], batch.text
+    embedded = requests.post(args.search + "/embed", json={"text": "red dress"}, timeout=30).json()
+    assert embedded["dim"] == len(embedded["embedding"]) and embedded["model"]["model"], embedded
+    print("search: similar, batch and embed answer")
+    for name, base in (("bgremoval", args.bg), ("search", args.search)):
+        page = requests.get(base + "/", timeout=30)
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html"), page.text[:300]
+        assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        assert page.headers["X-Content-Type-Options"] == "nosniff"
+    print("web pages served with CSP and nosniff")
     return 0
 
 

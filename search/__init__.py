@@ -6,8 +6,9 @@ from flask import Flask
 from search.config import SearchConfig
 
 
-def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
-    """App factory. `embedder` lets tests share one loaded model between apps."""
+def create_app(config: SearchConfig | None = None, *, embedder=None, garments=None) -> Flask:
+    """App factory. `embedder` (a ClipEmbedder) and `garments` (a garment source, search/garments.py)
+    let tests share loaded models between apps."""
     from search.api import bp
     from search.openapi import OPENAPI
     from search.searcher import Searcher
@@ -36,21 +37,33 @@ def create_app(config: SearchConfig | None = None, *, embedder=None) -> Flask:
         if embedder is not None:
             model = embedder
         else:
-            model = open_text_encoder(config.clip, config.text_encoder, export_dir(config))
+            model = open_text_encoder(config.clip, config.text_encoder, export_dir(config),
+                                      keep_image_tower=config.image_queries)
         index.check_compatible(model.identity)
+        photos = None
+        if config.image_queries:  # the image tower (and the garment step) load only for photo queries
+            from search.image_encoder import open_image_encoder
+            from search.photos import PhotoEmbedder, open_garments
+
+            photos = PhotoEmbedder(garments if garments is not None else open_garments(config),
+                                   open_image_encoder(config.clip, model, export_dir(config)),
+                                   index_meta=index.meta, max_pixels=config.max_image_pixels)
+        app.extensions["photos"] = photos
         store = open_store(config.vectors, index)
         searcher = Searcher(index, model, store=store, name_weight=config.name_weight,
                             cache_size=config.query_cache_size)
         app.extensions["searcher"] = searcher
         app.extensions["catalog_dir"] = catalog
         readiness = app.extensions["readiness"]
-        readiness.info = {"backend": store.describe(), "text_encoder": model.describe()}
+        readiness.info = {"backend": store.describe(), "text_encoder": model.describe(),
+                          "photo_queries": photos.describe() if photos is not None else "off"}
         readiness.probe = store.check
         searcher.embed_query("warm up")  # the first call is slow (torch, onnxruntime); pay it before ready
         return (f"{len(index.products)} products, {len(index.image_files)} images, {model.model_name} "
-                f"({model.describe()}), backend {store.backend}")
+                f"({model.describe()}), backend {store.backend}, photo queries "
+                f"{photos.describe() if photos is not None else 'off'}")
 
     return create_service_app(
-        __name__, service="search", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,
+        __name__, service="search", openapi=OPENAPI, blueprint=bp, max_body_bytes=max(config.max_body_bytes, config.max_upload_bytes),
         settings=("SEARCH", config), loader=load, page="search.page",
     )

@@ -1,30 +1,64 @@
-"""HTTP layer of the search service."""
+"""HTTP layer of the search service: text, photo and text + photo queries, similar products,
+embeddings and batches; every field checked before any work is done."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from urllib.parse import quote
 
-from flask import Blueprint, current_app, jsonify, send_from_directory
+import numpy as np
+from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
 from search.vectors import VectorStoreError
 from shared.errors import BadRequest, NotFound, NotReady
+from shared.fetch import fetch_url
+from shared.uploads import read_image_request, url_field
 from shared.web import json_object_body, reject_unknown_fields, stage_timings
 
 bp = Blueprint("search", __name__)
 MAX_N = 100
+MAX_BATCH = 32
+QUERY_FIELDS = {"text", "n", "image_weight"}
+UPLOAD_TYPES = ("multipart/form-data",)
 
 
-def _parse(body: dict) -> tuple[str, int]:
-    reject_unknown_fields(body, {"text", "n"})
-    text = body.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise BadRequest("text must be a non-empty string.", field="text")
-    n = body.get("n", 5)
-    if isinstance(n, float) and n.is_integer():
-        n = int(n)  # 5.0 is an integer in JSON; 5.5 is not
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-        raise BadRequest(f"n must be an integer from 1 to {MAX_N}.", field="n")
-    return text, n
+@bp.before_request
+def _body_limit() -> None:
+    """Photos may be large, JSON queries may not: each body kind has its own limit."""
+    config = current_app.config["SEARCH"]
+    mimetype = request.mimetype or ""
+    is_upload = mimetype in UPLOAD_TYPES or mimetype.startswith("image/")
+    request.max_content_length = config.max_upload_bytes if is_upload else config.max_body_bytes
+
+
+def parse_n(value, field: str = "n", *, from_text: bool = False) -> int:
+    """1..MAX_N; a JSON 5.0 counts as 5 (JSON "5" does not); a form or query string (`from_text`)
+    gives "5"."""
+    if from_text and isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 5.0 is an integer in JSON; 5.5 is not
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N:
+        raise BadRequest(f"{field} must be an integer from 1 to {MAX_N}.", field=field)
+    return value
+
+
+def parse_text(value, field: str = "text") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{field} must be a non-empty string.", field=field)
+    return value
+
+
+def parse_weight(value, *, from_text: bool = False) -> float:
+    if from_text and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise BadRequest("image_weight must be a number from 0 to 1.", field="image_weight")
+    return float(value)
 
 
 def image_url(product: str, file: str) -> str:
@@ -33,27 +67,165 @@ def image_url(product: str, file: str) -> str:
     return f"{base}{path}" if base else path
 
 
-@bp.post("/")
-def search():
+def _searcher():
     current_app.extensions["readiness"].require()
-    text, n = _parse(json_object_body())
-    searcher = current_app.extensions["searcher"]
+    return current_app.extensions["searcher"]
+
+
+def _photos():
+    photos = current_app.extensions.get("photos")
+    if photos is None:
+        raise BadRequest("Photo queries are turned off on this service (SEARCH_IMAGE_QUERIES=0); send text.",
+                         field="file" if request.mimetype != "application/json" else "image_url")
+    return photos
+
+
+class _Query:
+    """One query's parsed parts: text, and a photo (its bytes, or the URL to fetch them from)."""
+
+    def __init__(self, *, text: str | None, n: int, weight: float, photo: bytes | None, photo_url: str | None):
+        self.text, self.n, self.weight, self.photo, self.photo_url = text, n, weight, photo, photo_url
+
+    @property
+    def has_photo(self) -> bool:
+        return self.photo is not None or self.photo_url is not None
+
+    def photo_bytes(self) -> bytes:
+        if self.photo is not None:
+            return self.photo
+        start = time.perf_counter()
+        data = fetch_url(self.photo_url, current_app.config["SEARCH"].fetch)
+        stage_timings()["fetch"] = time.perf_counter() - start
+        return data
+
+
+def _read_query(*, with_n: bool = True) -> _Query:
+    """A query from JSON {text, image_url, n, image_weight}, a multipart form (`file`, text, n,
+    image_weight) or a raw image/* body (text, n, image_weight in the query string)."""
+    fields = QUERY_FIELDS if with_n else {"text"}
+    got = read_image_request(fields, json_fields={"image_url"}, file_required=False)
+    raw_text = got.fields.get("text")
+    photo_url = url_field(got.fields["image_url"], "image_url") if "image_url" in got.fields else None
+    photo = got.image
+    has_photo = photo is not None or photo_url is not None
+    if has_photo:
+        _photos()  # refused before any work when photo queries are off
+    # A page's empty text box next to a photo is no text; without a photo, text is required.
+    text = None if has_photo and (raw_text is None or (isinstance(raw_text, str) and not raw_text.strip())) \
+        else parse_text(raw_text)
+    from_text = got.form != "json"
+    n = parse_n(got.fields.get("n", 5), from_text=from_text) if with_n else 0
+    config = current_app.config["SEARCH"]
+    weight = (parse_weight(got.fields["image_weight"], from_text=from_text) if "image_weight" in got.fields
+              else config.image_weight)
+    return _Query(text=text, n=n, weight=weight, photo=photo, photo_url=photo_url)
+
+
+def _timed(stage: str, fn, *args):
+    start = time.perf_counter()
+    value = fn(*args)
+    stage_timings()[stage] = stage_timings().get(stage, 0.0) + time.perf_counter() - start
+    return value
+
+
+def _query_vector(searcher, query: _Query) -> np.ndarray:
+    """The text's embedding, the photo's garment embedding, or their blend."""
+    text_vector = _timed("embed_text", searcher.embed_query, query.text) if query.text is not None else None
+    if not query.has_photo:
+        return text_vector
+    photo_vector = _photos().embed(query.photo_bytes(), stage_timings())
+    if text_vector is None:
+        return photo_vector
+    return searcher.blend(text_vector, photo_vector, query.weight)
+
+
+def _results_json(results) -> list[dict]:
+    return [{"product_name": r.product_name, "url": image_url(r.product_name, r.image_file),
+             "score": round(r.score, 6)} for r in results]
+
+
+def _ranked(searcher, what, *args):
+    """Run a ranking call, timed and counted; a vector database that is down answers 503."""
     start = time.perf_counter()
     try:
-        results = searcher.search(text, n)
+        results = what(*args)
     except VectorStoreError as exc:  # the vector database is down or changed: retry later
         raise NotReady(str(exc)) from None
     elapsed = time.perf_counter() - start
-    stage_timings()["search"] = elapsed
+    stage_timings()["rank"] = stage_timings().get("rank", 0.0) + elapsed
     current_app.extensions["metrics"].query_latency.labels("search", searcher.store.backend).observe(elapsed)
-    return jsonify([{"product_name": r.product_name, "url": image_url(r.product_name, r.image_file),
-                     "score": round(r.score, 6)} for r in results])
+    return results
+
+
+@bp.post("/")
+def search():
+    searcher = _searcher()
+    query = _read_query()
+    vector = _query_vector(searcher, query)
+    return jsonify(_results_json(_ranked(searcher, searcher.search_vector, vector, query.n, query.text)))
+
+
+@bp.get("/products/<product>/similar")
+def similar(product: str):
+    searcher = _searcher()
+    reject_unknown_fields(request.args.to_dict(), {"n"})
+    n = parse_n(request.args.get("n", 5), from_text=True)
+    try:
+        results = _ranked(searcher, searcher.similar, product, n)
+    except KeyError:
+        raise NotFound(f"No product {product!r} in the index.") from None
+    return jsonify(_results_json(results))
+
+
+@bp.post("/embed")
+def embed():
+    """The normalised vector of a text or of a photo's garment, with the model that made it."""
+    searcher = _searcher()
+    query = _read_query(with_n=False)
+    if query.text is not None and query.has_photo:
+        raise BadRequest("Send either text or a photo to /embed, not both.", field="text")
+    vector = _query_vector(searcher, query)
+    identity = searcher.embedder.identity
+    return jsonify({
+        "embedding": np.asarray(vector, np.float32).astype(np.float64).tolist(),
+        "dim": int(vector.shape[0]),
+        "input": "text" if query.text is not None else "photo",
+        "normalised": True,
+        "model": {"model": identity["model"], "pretrained": identity.get("pretrained") or None,
+                  # changes with the weights: vectors of two identities must not be mixed
+                  "identity_sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()},
+    })
+
+
+@bp.post("/batch")
+def batch():
+    """Up to MAX_BATCH text queries; one result list per query, in order."""
+    searcher = _searcher()
+    body = json_object_body()
+    reject_unknown_fields(body, {"queries"})
+    queries = body.get("queries")
+    if not isinstance(queries, list) or not 1 <= len(queries) <= MAX_BATCH:
+        raise BadRequest(f"queries must be a list of 1 to {MAX_BATCH} query objects.", field="queries")
+    parsed = []
+    for i, item in enumerate(queries):
+        where = f"queries[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be an object like {{\"text\": ..., \"n\": ...}}.", field=where)
+        unknown = sorted(set(item) - {"text", "n"})
+        if unknown:
+            raise BadRequest(f"Unknown field {unknown[0]!r} in {where}; accepted fields: n, text.",
+                             field=f"{where}.{unknown[0]}")
+        parsed.append((parse_text(item.get("text"), f"{where}.text"), parse_n(item.get("n", 5), f"{where}.n")))
+    answers = []
+    for text, n in parsed:
+        vector = _timed("embed_text", searcher.embed_query, text)
+        answers.append(_results_json(_ranked(searcher, searcher.search_vector, vector, n, text)))
+    return jsonify(answers)
 
 
 @bp.get("/images/<product>/<file>")
 def image(product: str, file: str):
-    current_app.extensions["readiness"].require()
-    index = current_app.extensions["searcher"].index
+    index = _searcher().index
     # Only files the index lists are served: no path from the client reaches the filesystem.
     if index.find_image(product, file) is None:
         raise NotFound(f"No image {file!r} of product {product!r} in the index.")

@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from shared.env import env_flag
+from shared.fetch import FetchPolicy
+from shared.images import DEFAULT_MAX_PIXELS
+
 
 @dataclass(frozen=True)
 class ClipSettings:
@@ -78,9 +82,21 @@ class SearchConfig:
     text_encoder: str = "auto"
     text_encoder_dir: str | None = None  # default: <index_dir>/text-encoder (search.export writes it)
     query_cache_size: int = 1024
-    max_body_bytes: int = 256 * 1024  # a 100 KB query is truncated, not refused
+    max_body_bytes: int = 256 * 1024  # JSON bodies; a 100 KB query is truncated, not refused
+    # Photo queries (SEARCH_IMAGE_QUERIES): the CLIP image tower loads only when they are on.
+    image_queries: bool = True
+    image_weight: float = 0.5  # share of a text + photo query's visual score that comes from the photo
+    # Where query photos get their garment isolated: the bg-removal service at this URL, or
+    # (empty) the bg pipeline in this process, which then loads the bg models (U2NET_HOME, BG_*).
+    bg_service_url: str | None = None
+    bg_service_timeout: float = 30.0  # seconds per call; one retry
+    max_upload_bytes: int = 20 * 1024 * 1024  # multipart and raw image bodies
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)  # image_url, as the bg service fetches
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.image_weight <= 1.0:
+            raise ValueError(f"SEARCH_IMAGE_WEIGHT must be within 0..1, not {self.image_weight}")
         # Resolved once, against the working directory at start: a relative path must not be
         # read later against another base (Flask resolves relative folders against the package).
         object.__setattr__(self, "index_dir", os.path.abspath(self.index_dir))
@@ -102,4 +118,11 @@ class SearchConfig:
             text_encoder_dir=env.get("SEARCH_TEXT_ENCODER_DIR") or None,
             query_cache_size=int(env.get("QUERY_CACHE_SIZE", cls.query_cache_size)),
             max_body_bytes=int(env.get("SEARCH_MAX_BODY_BYTES", cls.max_body_bytes)),
+            image_queries=env_flag(env, "SEARCH_IMAGE_QUERIES", cls.image_queries),
+            image_weight=float(env.get("SEARCH_IMAGE_WEIGHT", cls.image_weight)),
+            bg_service_url=(env.get("BG_SERVICE_URL") or "").strip() or None,
+            bg_service_timeout=float(env.get("BG_SERVICE_TIMEOUT", cls.bg_service_timeout)),
+            max_upload_bytes=int(env.get("SEARCH_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
+            max_image_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_image_pixels)),
+            fetch=FetchPolicy.from_env(env),
         )

@@ -1,6 +1,9 @@
-"""Export the CLIP text tower to ONNX, so the search service encodes queries without torch.
+"""Export the CLIP text and image towers to ONNX, so the search service encodes queries (text and
+photos) without torch.
 
     python -m search.export --index DIR       # writes DIR/text-encoder/ (CLIP_* settings as for the build)
+
+(The folder keeps its name, text-encoder/, for the indexes and settings that already point at it.)
 
 What the folder holds (read by search/text_encoder.py):
     text.fp32.onnx   the text tower (weights in text.fp32.onnx.data, memory-mapped when served), token ids [batch, length] -> normalised embedding [batch, dim].
@@ -8,10 +11,13 @@ What the folder holds (read by search/text_encoder.py):
                      tower is causal and pools there, so later tokens never count).
     text.int8.onnx   the same, MatMul weights quantised to int8 per channel (onnxruntime dynamic
                      quantisation). Served only when CLIP_TEXT_PRECISION=int8 asks for it.
+    image.fp32.onnx  the image tower (photo queries, search/image_encoder.py): pixels [batch, 3, size, size]
+                     as open_clip's preprocessing makes them -> normalised embedding [batch, dim].
     tokenizer.json   open_clip's BPE vocabulary for Hugging Face `tokenizers` (search/tokenizer.py).
     export.json      the CLIP identity (the index's probe embedding), each graph's own probe, and
                      what was measured at export: max abs diff of fp32 to open_clip's encode_text,
-                     cosine of int8 to fp32.
+                     cosine of int8 to fp32; for the image tower its preprocessing and its max abs
+                     diff to open_clip's encode_image (torch preprocessing) on check pictures.
 
 Needs torch and open_clip (the builder's requirements), like the index build.
 """
@@ -26,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +40,7 @@ import torch
 
 from search.config import ClipSettings
 from search.embedder import ClipEmbedder, TextTower
+from search.image_encoder import OnnxImageEncoder, check_pictures, preprocess_spec, probe_picture
 from search.text_encoder import (
     EXPORT_DIRNAME,
     EXPORT_FORMAT,
@@ -97,6 +105,56 @@ def export_onnx(tower: TextTower, path: Path) -> None:
     program.save(str(path), external_data=True)
 
 
+class ImageQueryTower(torch.nn.Module):
+    """The exported image graph: open_clip's encode_image plus the normalisation."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.visual = model.visual
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.visual(pixels), dim=-1)
+
+
+def export_image_onnx(model, size: int, path: Path) -> None:
+    sample = torch.zeros(2, 3, size, size)
+    dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(ImageQueryTower(model).eval(), (sample,), dynamo=True, opset_version=OPSET,
+                                    input_names=["pixels"], output_names=["normalised_embedding"],
+                                    dynamic_shapes={"pixels": dims}, optimize=True)
+    program.save(str(path), external_data=True)
+
+
+def export_image_tower(embedder: ClipEmbedder, work: Path, meta: dict) -> dict:
+    """image.fp32.onnx in `work` and its export.json entry, measured against open_clip's own path
+    (torchvision preprocessing, encode_image in fp32 on the CPU)."""
+    visual = embedder.model.visual
+    if visual is None:
+        raise ExportError("the embedder was loaded text-only; the image tower needs the full model")
+    spec = preprocess_spec(visual.preprocess_cfg)
+    if next(visual.parameters()).device.type != "cpu":
+        raise ExportError("export the image tower with DEVICE=cpu (the export is measured in fp32)")
+    exported = work / "image.export.onnx"
+    export_image_onnx(embedder.model, spec["size"], exported)
+    move_weights_out(exported, work / "image.fp32.onnx")  # mapped, shared by the workers
+    for leftover in work.glob("image.export.onnx*"):
+        leftover.unlink()
+    entry = {"file": "image.fp32.onnx", "preprocess": spec}
+    encoder = OnnxImageEncoder(work, meta={**meta, "image": entry})
+    pictures = check_pictures()
+    vectors = encoder.encode_images(pictures)
+    reference = embedder.encode_images(pictures)
+    cosine = (vectors * reference).sum(axis=1)
+    measured = {"max_abs_diff": float(np.abs(vectors - reference).max()), "min_cosine": float(cosine.min()),
+                "pictures": len(pictures)}
+    if measured["max_abs_diff"] > MAX_FP32_DIFF:
+        raise ExportError(f"the ONNX image tower differs from open_clip's by {measured['max_abs_diff']:.2e} "
+                          f"(> {MAX_FP32_DIFF}); not writing it")
+    probe = encoder.encode_images([probe_picture()])[0]
+    return {**entry, "probe": [round(float(v), 6) for v in probe], "measured_against_open_clip": measured}
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -105,18 +163,23 @@ def quantize_int8(source: Path, target: Path) -> None:
     move_weights_out(target)
 
 
-def move_weights_out(path: Path) -> None:
-    """Store the graph's weights in `<path>.data`, each tensor page-aligned: onnxruntime then maps
-    that file instead of copying it, so the workers of one host share those pages (the token
-    embedding, 101 MB for ViT-B-32, is only read a few rows per query)."""
+def move_weights_out(path: Path, target: Path | None = None) -> None:
+    """Store the graph at `path` as `target` (default: in place) with its weights in
+    `<target>.data`, each tensor page-aligned: onnxruntime then maps that file instead of copying
+    it, so the workers of one host share those pages (the token embedding, 101 MB for ViT-B-32,
+    is only read a few rows per query)."""
     import onnx_ir
 
+    target = target or path
     model = onnx_ir.load(str(path))
-    onnx_ir.save(model, str(path), external_data=f"{path.name}.data")
+    onnx_ir.save(model, str(target), external_data=f"{target.name}.data")
 
 
-def export_text_encoder(embedder: ClipEmbedder, out: Path, *, int8: bool = True) -> dict:
-    """Write the text-encoder folder at `out` (replacing one there once it is complete)."""
+def export_text_encoder(embedder: ClipEmbedder, out: Path, *, int8: bool = True, image: bool | None = None) -> dict:
+    """Write the text-encoder folder at `out` (replacing one there once it is complete); with
+    `image`, the image tower for photo queries too (None: when the embedder has one)."""
+    if image is None:
+        image = embedder.model.visual is not None
     from open_clip.tokenizer import default_bpe
 
     tower = supported(embedder)
@@ -155,8 +218,10 @@ def export_text_encoder(embedder: ClipEmbedder, out: Path, *, int8: bool = True)
         if measured["fp32"]["max_abs_diff"] > MAX_FP32_DIFF:
             raise ExportError(f"the ONNX text tower differs from open_clip's by {measured['fp32']['max_abs_diff']:.2e} "
                               f"(> {MAX_FP32_DIFF}); not writing it")
-        meta.update(probes=probes, measured_against_open_clip=measured,
-                    export_s=round(time.perf_counter() - started, 1))
+        meta.update(probes=probes, measured_against_open_clip=measured)
+        if image:
+            meta["image"] = export_image_tower(embedder, work, meta)
+        meta["export_s"] = round(time.perf_counter() - started, 1)
         (work / EXPORT_META).write_text(json.dumps(meta, indent=1))
         _replace_dir(work, out)
     except BaseException:
@@ -183,6 +248,12 @@ def summary(out: Path, meta: dict) -> list[str]:
         size = sum(p.stat().st_size for p in Path(out).glob(f"{meta['files'][precision]}*")) / 1e6
         lines.append(f"{precision}: {size:.1f} MB, max abs diff to open_clip encode_text {figures['max_abs_diff']:.2e}, "
                      f"cosine min {figures['min_cosine']:.6f} mean {figures['mean_cosine']:.6f} over {figures['texts']} texts")
+    if "image" in meta:
+        image = meta["image"]
+        figures = image["measured_against_open_clip"]
+        size = sum(p.stat().st_size for p in Path(out).glob(f"{image['file']}*")) / 1e6
+        lines.append(f"image fp32: {size:.1f} MB, max abs diff to open_clip encode_image {figures['max_abs_diff']:.2e}, "
+                     f"cosine min {figures['min_cosine']:.6f} over {figures['pictures']} pictures")
     return lines
 
 
@@ -193,13 +264,16 @@ def main(argv=None) -> int:
                                         f"export goes to INDEX/{EXPORT_DIRNAME} unless --out says otherwise")
     parser.add_argument("--out", help="where to write the text-encoder folder")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 graph")
+    parser.add_argument("--no-image", action="store_true",
+                        help="skip the image tower (the service then needs SEARCH_IMAGE_QUERIES=0)")
     args = parser.parse_args(argv)
     if not args.index and not args.out:
         parser.error("give --index (or --out)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for chatty in ("onnxscript", "onnx_ir", "root"):  # per-initializer and per-tensor notes
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    embedder = ClipEmbedder(ClipSettings.from_env(), text_only=True)
+    settings = ClipSettings.from_env()
+    embedder = ClipEmbedder(replace(settings, device="cpu"), text_only=args.no_image)
     if args.index:
         from search.store import Index, IndexLoadError
 
@@ -210,7 +284,7 @@ def main(argv=None) -> int:
             return 2
     out = Path(args.out or Path(args.index) / EXPORT_DIRNAME)
     try:
-        meta = export_text_encoder(embedder, out, int8=not args.no_int8)
+        meta = export_text_encoder(embedder, out, int8=not args.no_int8, image=not args.no_image)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
 """OpenAPI 3.1 document of the search service (served at /openapi.json)."""
+from search.api import MAX_BATCH, MAX_N
 from shared.openapi import PROBLEM_SCHEMA, ops_paths, problem
 
 RESULT = {
@@ -7,22 +8,104 @@ RESULT = {
                    "score": {"type": "number", "description": "higher = more similar (cosine, blended with name match)"}},
 }
 
+TEXT = {"type": "string", "minLength": 1}
+N = {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": 5}
+IMAGE_URL = {"type": "string", "format": "uri", "description": "a photo, fetched as the bg service fetches (SSRF-safe)"}
+WEIGHT = {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+          "description": "with text and a photo: the photo's share of the visual score (SEARCH_IMAGE_WEIGHT)"}
+RESULTS_200 = {"200": {"description": "min(n, products) results, each product once, score descending",
+                       "content": {"application/json": {"schema": {"type": "array", "items": RESULT}}}}}
+PHOTO_ERRORS = {
+    "400": problem("Bad field, refused image_url, or photo queries turned off"),
+    "413": problem("Body, download or pixel count over the limit"),
+    "415": problem("Not JSON/multipart/image, or an unsupported image format"),
+    "422": problem("The photo shows no garment, or is corrupt"),
+    "502": problem("The image host failed"),
+    "503": problem("Index or model not loaded, or the garment step (bg-removal service) unavailable"),
+    "504": problem("The image host timed out"),
+}
+EMBEDDING = {
+    "type": "object", "required": ["embedding", "dim", "input", "normalised", "model"],
+    "properties": {
+        "embedding": {"type": "array", "items": {"type": "number"}},
+        "dim": {"type": "integer"},
+        "input": {"type": "string", "enum": ["text", "photo"]},
+        "normalised": {"type": "boolean"},
+        "model": {"type": "object", "required": ["model", "pretrained", "identity_sha256"], "properties": {
+            "model": {"type": "string"}, "pretrained": {"type": ["string", "null"]},
+            "identity_sha256": {"type": "string"}}},
+    },
+}
+
 OPENAPI = {
     "openapi": "3.1.0",
-    "info": {"title": "Garment text search", "version": "1.0.0"},
+    "info": {"title": "Garment search by text and photo", "version": "1.0.0"},
     "paths": {
         "/": {"get": {"summary": "The web page (HTML; its script and style under /assets/)",
                       "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}},
               "post": {
-            "summary": "Products whose garment photos match the text",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["text"], "additionalProperties": False,
-                "properties": {"text": {"type": "string", "minLength": 1},
-                               "n": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5}}}}}},
+            "summary": "Products matching a text, a photo's garment, or both",
+            "description": "A photo's garment is isolated by the indexer's own pipeline, then embedded with "
+                           "CLIP's image tower. Text and photo together rank by a blend of both cosines "
+                           "(image_weight = the photo's share). Photo queries answer 400 when the service "
+                           "runs with SEARCH_IMAGE_QUERIES=0.",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "text, image_url, or both",
+                    "anyOf": [{"required": ["text"]}, {"required": ["image_url"]}],
+                    "properties": {"text": TEXT, "image_url": IMAGE_URL, "n": N, "image_weight": WEIGHT}}},
+                "multipart/form-data": {"schema": {
+                    "type": "object", "description": "a photo in `file`, text, or both",
+                    "properties": {"file": {"type": "string", "format": "binary"}, "text": {"type": "string"},
+                                   "n": N, "image_weight": WEIGHT}}},
+                "image/*": {"schema": {"type": "string", "format": "binary"},
+                            "description": "the photo; text, n and image_weight as query parameters"},
+            }},
+            "parameters": [{"name": name, "in": "query", "required": False, "schema": schema,
+                            "description": "only with a raw image/* body"}
+                           for name, schema in (("text", TEXT), ("n", N), ("image_weight", WEIGHT))],
+            "responses": {**RESULTS_200, **PHOTO_ERRORS},
+        }},
+        "/products/{product}/similar": {"get": {
+            "summary": "The products nearest to this one (\"more like this\"), without itself",
+            "parameters": [{"name": "product", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "the product name (catalog folder), percent-encoded"},
+                           {"name": "n", "in": "query", "required": False, "schema": N}],
+            "responses": {**RESULTS_200, "400": problem("Bad n or unknown parameter"),
+                          "404": problem("No such product in the index"),
+                          "503": problem("Index or model not loaded")},
+        }},
+        "/embed": {"post": {
+            "summary": "The normalised CLIP vector of a text or of a photo's garment, with the model identity",
+            "description": "For teams with their own vector store: vectors of one `identity_sha256` only are "
+                           "comparable with each other (and with this index).",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "oneOf": [{"required": ["text"]}, {"required": ["image_url"]}],
+                    "properties": {"text": TEXT, "image_url": IMAGE_URL}}},
+                "multipart/form-data": {"schema": {
+                    "type": "object", "properties": {"file": {"type": "string", "format": "binary"},
+                                                     "text": {"type": "string"}}}},
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            }},
             "responses": {
-                "200": {"description": "min(n, products) results, each product once, score descending",
-                        "content": {"application/json": {"schema": {"type": "array", "items": RESULT}}}},
-                "400": problem("Bad field"),
+                "200": {"description": "the vector", "content": {"application/json": {"schema": EMBEDDING}}},
+                **PHOTO_ERRORS,
+            },
+        }},
+        "/batch": {"post": {
+            "summary": f"Up to {MAX_BATCH} text queries at once; one result list per query, in order",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["queries"], "additionalProperties": False,
+                "properties": {"queries": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {
+                    "type": "object", "required": ["text"], "additionalProperties": False,
+                    "properties": {"text": TEXT, "n": N}}}}}}}},
+            "responses": {
+                "200": {"description": "one list per query", "content": {"application/json": {"schema": {
+                    "type": "array", "items": {"type": "array", "items": RESULT}}}}},
+                "400": problem("Bad field; `field` names it, e.g. queries[3].n"),
                 "413": problem("Body over the limit"),
                 "415": problem("Not JSON"),
                 "503": problem("Index or model not loaded"),

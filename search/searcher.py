@@ -71,15 +71,42 @@ class Searcher:
         return self.cache.get_or_compute(ids.tobytes(), lambda: self.embedder.encode_query_tokens(ids))
 
     def search(self, text: str, n: int) -> list[Result]:
-        query = self.embed_query(text)
-        hits = self.rank(query, text, n)
+        return self.search_vector(self.embed_query(text), n, text)
+
+    def search_vector(self, query: np.ndarray, n: int, text: str | None = None) -> list[Result]:
+        """The n best products for a normalised query vector (a text's, a photo's or a blend);
+        `text`, when there is one, also scores the product names (name_weight)."""
+        return self._results(query, self.rank(query, text, n))
+
+    def similar(self, product_name: str, n: int) -> list[Result]:
+        """The n products nearest to that product's pooled vector, without itself ("more like
+        this"). Raises KeyError for a product the index does not have."""
+        row = self.index.products.find(product_name)
+        if row is None:
+            raise KeyError(product_name)
+        query = np.asarray(self.index.product_embeddings[row], np.float32)
+        query = query / max(float(np.linalg.norm(query)), 1e-12)
+        hits = self.store.top(query, n + 1)  # itself is (nearly always) the first of them
+        others = hits.rows != row
+        return self._results(query, Hits(hits.rows[others][:n], hits.scores[others][:n]))
+
+    @staticmethod
+    def blend(text_query: np.ndarray, photo_query: np.ndarray, photo_weight: float) -> np.ndarray:
+        """One query vector for text and photo together: its cosine to a product is, up to one
+        positive factor, (1 - photo_weight) x text cosine + photo_weight x photo cosine, so every
+        backend ranks by that blend; normalised, as the backends expect."""
+        query = (1.0 - photo_weight) * text_query + photo_weight * photo_query
+        return (query / max(float(np.linalg.norm(query)), 1e-12)).astype(np.float32)
+
+    def _results(self, query: np.ndarray, hits: Hits) -> list[Result]:
         best = self.store.best_images(query, hits.rows)
         return [Result(self.index.products[int(row)], self.index.image_files[int(image)], float(score))
                 for row, image, score in zip(hits.rows, best, hits.scores, strict=True)]
 
-    def rank(self, query: np.ndarray, text: str, n: int) -> Hits:
-        """The n best products by (1 - w) * visual + w * name score (w = name_weight)."""
-        w = self.name_weight
+    def rank(self, query: np.ndarray, text: str | None, n: int) -> Hits:
+        """The n best products by (1 - w) * visual + w * name score (w = name_weight); by the
+        visual score alone for a query without text (a photo)."""
+        w = self.name_weight if text is not None else 0.0
         if hasattr(self.store, "scores"):  # exact: every product's score is at hand anyway
             scores = self.store.scores(query)
             if w:

@@ -112,10 +112,11 @@ def export_dir(config, index_dir: str | Path | None = None) -> Path:
     return Path(config.text_encoder_dir or Path(index_dir or config.index_dir) / EXPORT_DIRNAME)
 
 
-def open_text_encoder(clip, mode: str, directory: Path, *, torch_encoder=None):
+def open_text_encoder(clip, mode: str, directory: Path, *, torch_encoder=None, keep_image_tower: bool = False):
     """The service's query encoder: the ONNX export at `directory`, or open_clip on torch.
     `auto` takes the export when there is one. `torch_encoder`, an already loaded ClipEmbedder
-    of the same settings (search.evaluate has one), serves the torch case instead of a new one.
+    of the same settings (search.evaluate has one), serves the torch case instead of a new one;
+    `keep_image_tower` keeps a new one's image tower (photo queries then use it too).
     Raises ExportError with the reason otherwise."""
     if mode not in ENCODERS:
         raise ExportError(f"SEARCH_TEXT_ENCODER={mode!r}; choose one of {', '.join(ENCODERS)}")
@@ -144,7 +145,7 @@ def open_text_encoder(clip, mode: str, directory: Path, *, torch_encoder=None):
         except ImportError as exc:
             raise ExportError(f"no text-encoder export at {directory} and torch/open_clip are not installed "
                               f"({exc}); write one with `python -m search.export --index INDEX`") from None
-        encoder = ClipEmbedder(clip, text_only=True)
+        encoder = ClipEmbedder(clip, text_only=not keep_image_tower)
     log.info("text encoder: torch %s%s", encoder.text_precision,
              f" (no ONNX export at {directory})" if mode == "auto" else "")
     return encoder

@@ -221,8 +221,16 @@ def onnx_index(synthetic_index, text_export, tmp_path_factory) -> Path:
 SEARCH_APPS = (*SEARCH_BACKENDS, "onnx")
 
 
+@pytest.fixture(scope="session")
+def local_garments(bg_pipeline):
+    """The garment step photo queries run, in-process over the oracle models (shared by the apps)."""
+    from search.garments import LocalGarments
+
+    return LocalGarments(bg_pipeline)
+
+
 @pytest.fixture(scope="session", params=SEARCH_APPS)
-def search_app(request, synthetic_index, tiny_embedder, tmp_path_factory):
+def search_app(request, synthetic_index, tiny_embedder, local_garments, tmp_path_factory):
     """The search service over the synthetic index, once per vector backend and once with the ONNX
     text encoder: every test that uses it (contract, bad input, OpenAPI) runs against exact, faiss,
     milvus (Milvus Lite) and exact on ONNX Runtime."""
@@ -230,13 +238,13 @@ def search_app(request, synthetic_index, tiny_embedder, tmp_path_factory):
 
     if request.param == "onnx":
         index_dir = request.getfixturevalue("onnx_index")
-        app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(index_dir)))
+        app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(index_dir)), garments=local_garments)
         assert app.extensions["readiness"].info["text_encoder"] == "onnx fp32"
         app.testing = True
         return app
     index_dir, vectors = backend_settings(request.param, synthetic_index, tmp_path_factory.mktemp(request.param))
     app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(index_dir), vectors=vectors),
-                     embedder=tiny_embedder)
+                     embedder=tiny_embedder, garments=local_garments)
     app.testing = True
     assert app.extensions["readiness"].ready, app.extensions["readiness"].error
     return app

@@ -194,9 +194,13 @@ SERVE_WITHOUT_TORCH = textwrap.dedent("""
 """)
 
 
-def serve_without_torch(index_dir) -> dict:
+UNREACHABLE_BG = "http://127.0.0.1:9/"  # photo queries' garment step, as in the lean image (never called here)
+
+
+def serve_without_torch(index_dir, **extra_env) -> dict:
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CLIP_MODEL": "tiny-clip", "CLIP_PRETRAINED": "",
-           "SEARCH_INDEX_DIR": str(index_dir), "SEARCH_TEXT_ENCODER": "auto"}
+           "SEARCH_INDEX_DIR": str(index_dir), "SEARCH_TEXT_ENCODER": "auto", "BG_SERVICE_URL": UNREACHABLE_BG,
+           **extra_env}
     done = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_TORCH], env=env, capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -206,8 +210,18 @@ def serve_without_torch(index_dir) -> dict:
 def test_serving_needs_no_torch(onnx_index, client):
     served = serve_without_torch(onnx_index)
     assert served["ready"] == 200 and served["readyz"]["text_encoder"] == "onnx fp32"
+    assert served["readyz"]["photo_queries"] == f"onnx fp32, garments by bg-removal service at {UNREACHABLE_BG}"
     assert served["heavy"] == []
     assert served["status"] == 200 and len(served["results"]) == 3
+
+
+def test_photo_queries_without_the_garment_step_say_how_to_fix(onnx_index):
+    served = serve_without_torch(onnx_index, BG_SERVICE_URL="")  # no service, and no rembg to run it here
+    assert served["ready"] == 503
+    assert "BG_SERVICE_URL" in served["readyz"]["detail"] and "SEARCH_IMAGE_QUERIES=0" in served["readyz"]["detail"]
+    served = serve_without_torch(onnx_index, BG_SERVICE_URL="", SEARCH_IMAGE_QUERIES="0")
+    assert served["ready"] == 200 and served["readyz"]["photo_queries"] == "off"
+    assert served["status"] == 200
 
 
 def test_without_export_or_torch_readiness_says_how_to_fix(synthetic_index):

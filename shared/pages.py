@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template
 
-assets = Blueprint("shared_assets", __name__, static_folder="static", static_url_path="/assets/shared")
+# Its templates/ holds page_base.html: the head, top bar and footer both pages extend.
+assets = Blueprint("shared_assets", __name__, static_folder="static", static_url_path="/assets/shared",
+                   template_folder="templates")
 
 
 def page_blueprint(import_name: str, service: str, template: str) -> Blueprint:

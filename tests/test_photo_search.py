@@ -375,3 +375,27 @@ def test_image_tower_export_is_checked(tmp_path, text_export, onnx_index):
     assert "SEARCH_IMAGE_QUERIES=0" in ready.json["detail"]
     off = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(index), image_queries=False))
     assert off.test_client().get("/readyz").status_code == 200
+
+
+def test_a_real_matted_catalog_photo_gives_its_indexed_vector(tmp_path, tiny_embedder, local_garments):
+    """The real catalog's RGBA cut-outs, as the container smoke test sends them: the photo query's
+    vector is the one the indexer stored for that file (the alpha path through both)."""
+    import shutil
+
+    from search import create_app
+    from search.export import export_text_encoder
+    from search.index import build_index
+    from tests.conftest import shared_data
+
+    catalog = tmp_path / "catalog"
+    for folder in sorted(p for p in shared_data("catalog").iterdir() if p.is_dir())[:2]:
+        shutil.copytree(folder, catalog / folder.name)
+    build_index(catalog, tmp_path / "index", tiny_embedder, local_garments, progress=False)
+    export_text_encoder(tiny_embedder, tmp_path / "index" / "text-encoder", int8=False)
+    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(tmp_path / "index")),
+                     garments=local_garments)
+    index = app.extensions["searcher"].index
+    photo = sorted(catalog.glob("*/*.png"))[0]
+    body = app.test_client().post("/embed", data=photo.read_bytes(), content_type="image/png").json
+    indexed = index.image_embeddings[index.find_image(photo.parent.name, photo.name)]
+    assert float(np.asarray(body["embedding"]) @ indexed) == pytest.approx(1.0, abs=1e-4)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -13,6 +12,7 @@ from bgremoval.pipeline import GARMENT_CLASSES, GarmentPipeline
 from shared.errors import BadRequest, ProblemError, Unprocessable
 from shared.fetch import fetch_url
 from shared.images import WEBP_MAX_SIDE, OpenedImage, decode_covering, decode_opened, encode_image, open_image
+from shared.timing import timed
 from shared.uploads import read_image_request, url_field
 from shared.web import stage_timings
 
@@ -97,10 +97,8 @@ def about_field(field: str):
 
 
 def fetch_image(url: str, stage: str) -> bytes:
-    start = time.perf_counter()
-    data = fetch_url(url, current_app.config["BG"].fetch)
-    stage_timings()[stage] = time.perf_counter() - start
-    return data
+    with timed(stage_timings(), stage):
+        return fetch_url(url, current_app.config["BG"].fetch)
 
 
 def covering(backdrop: OpenedImage):
@@ -152,10 +150,9 @@ def remove_background() -> Response:
         pixels += backdrop.pixels  # decoded at most at full size: budget for it (JPEGs take far less)
     # Memory grows with pixels: reserve them from this worker's budget (503 + Retry-After past it).
     with current_app.extensions["pixel_budget"].reserve(pixels):
-        start = time.perf_counter()
-        decoded = decode_opened(opened)
+        with timed(stage_timings(), "decode"):
+            decoded = decode_opened(opened)
         del opened
-        stage_timings()["decode"] = time.perf_counter() - start
 
         background = options.background if backdrop is None else covering(backdrop)
         picture, result = pipeline.cut_out(decoded, options.classes, background,
@@ -164,10 +161,9 @@ def remove_background() -> Response:
         stage_timings().update(result.timings)
 
         require_webp_fits(options, picture.size)
-        start = time.perf_counter()
-        payload = encode_image(picture, options.format, jpeg_quality=config.jpeg_quality)
+        with timed(stage_timings(), "encode"):
+            payload = encode_image(picture, options.format, jpeg_quality=config.jpeg_quality)
         del picture
-        stage_timings()["encode"] = time.perf_counter() - start
     response = Response(payload, mimetype=FORMATS[options.format])
     response.headers["X-Mask-Source"] = result.source
     return response

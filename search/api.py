@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, jsonify, request, send_from_directory
 from search.vectors import VectorStoreError
 from shared.errors import BadRequest, NotFound, NotReady
 from shared.fetch import fetch_url
+from shared.timing import timed
 from shared.uploads import read_image_request, url_field
 from shared.web import json_object_body, reject_unknown_fields, stage_timings
 
@@ -93,10 +94,8 @@ class _Query:
     def photo_bytes(self) -> bytes:
         if self.photo is not None:
             return self.photo
-        start = time.perf_counter()
-        data = fetch_url(self.photo_url, current_app.config["SEARCH"].fetch)
-        stage_timings()["fetch"] = time.perf_counter() - start
-        return data
+        with timed(stage_timings(), "fetch"):
+            return fetch_url(self.photo_url, current_app.config["SEARCH"].fetch)
 
 
 def _read_query(*, with_n: bool = True) -> _Query:
@@ -121,16 +120,12 @@ def _read_query(*, with_n: bool = True) -> _Query:
     return _Query(text=text, n=n, weight=weight, photo=photo, photo_url=photo_url)
 
 
-def _timed(stage: str, fn, *args):
-    start = time.perf_counter()
-    value = fn(*args)
-    stage_timings()[stage] = stage_timings().get(stage, 0.0) + time.perf_counter() - start
-    return value
-
-
 def _query_vector(searcher, query: _Query) -> np.ndarray:
     """The text's embedding, the photo's garment embedding, or their blend."""
-    text_vector = _timed("embed_text", searcher.embed_query, query.text) if query.text is not None else None
+    text_vector = None
+    if query.text is not None:
+        with timed(stage_timings(), "embed_text"):
+            text_vector = searcher.embed_query(query.text)
     if not query.has_photo:
         return text_vector
     photo_vector = _photos().embed(query.photo_bytes(), stage_timings())
@@ -152,7 +147,7 @@ def _ranked(searcher, what, *args):
     except VectorStoreError as exc:  # the vector database is down or changed: retry later
         raise NotReady(str(exc)) from None
     elapsed = time.perf_counter() - start
-    stage_timings()["rank"] = stage_timings().get("rank", 0.0) + elapsed
+    stage_timings()["rank"] = stage_timings().get("rank", 0.0) + elapsed  # as timed(), and the metric needs it
     current_app.extensions["metrics"].query_latency.labels("search", searcher.store.backend).observe(elapsed)
     return results
 
@@ -218,7 +213,8 @@ def batch():
         parsed.append((parse_text(item.get("text"), f"{where}.text"), parse_n(item.get("n", 5), f"{where}.n")))
     answers = []
     for text, n in parsed:
-        vector = _timed("embed_text", searcher.embed_query, text)
+        with timed(stage_timings(), "embed_text"):
+            vector = searcher.embed_query(text)
         answers.append(_results_json(_ranked(searcher, searcher.search_vector, vector, n, text)))
     return jsonify(answers)
 

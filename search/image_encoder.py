@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from search.text_encoder import SELF_PROBE_MIN_COSINE, ExportError, read_export_meta
+from search.text_encoder import SELF_PROBE_MIN_COSINE, ExportError, query_session_options, read_export_meta
 
 log = logging.getLogger("fashion.search")
 RESAMPLING = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
@@ -79,11 +79,7 @@ class OnnxImageEncoder:
                               "existed, or with --no-image); export again with `python -m search.export`, "
                               "or set SEARCH_IMAGE_QUERIES=0")
         self.spec = image["preprocess"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)  # workers share the cores (as the text tower)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = query_session_options(threads)
         # Weights stay in the memory-mapped .data file, shared by the workers of a host, instead of
         # a repacked private copy: ViT-B-32's tower then costs each worker ~50 MB of its own
         # instead of ~370 MB, for ~70 ms more per photo (118 -> 190 ms; the garment step takes

@@ -4,13 +4,13 @@ or the bg-removal service), crop to it, embed with the image tower. Plain Python
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 
 from search.garments import GarmentServiceError, LocalGarments, RemoteGarments
 from shared.errors import NotReady
 from shared.images import decode_opened, open_image
+from shared.timing import timed
 
 log = logging.getLogger("fashion.search")
 DEFAULT_WORKING_SIDE = 1024
@@ -59,19 +59,13 @@ class PhotoEmbedder:
     def embed(self, data: bytes, timings: dict[str, float]) -> np.ndarray:
         """Raises the ProblemError that says what is wrong: 413/415/422 for the photo (422 also
         when it shows no garment), 503 when the bg-removal service cannot answer."""
-        start = time.perf_counter()
-        opened = open_image(data, max_pixels=self.max_pixels)
-        decoded = decode_opened(opened, max_side=self.working_max_side)
-        del opened
-        timings["decode"] = time.perf_counter() - start
-        start = time.perf_counter()
+        with timed(timings, "decode"):
+            decoded = decode_opened(open_image(data, max_pixels=self.max_pixels), max_side=self.working_max_side)
         try:
-            self._check_pipeline()
-            cutout = self.garments.garment(decoded)
+            with timed(timings, "garment"):
+                self._check_pipeline()
+                cutout = self.garments.garment(decoded)
         except GarmentServiceError as exc:
             raise NotReady(f"The garment step is unavailable: {exc}", headers={"Retry-After": "5"}) from None
-        timings["garment"] = time.perf_counter() - start
-        start = time.perf_counter()
-        vector = self.encoder.encode_images([cutout.picture])[0]
-        timings["embed_image"] = time.perf_counter() - start
-        return vector
+        with timed(timings, "embed_image"):
+            return self.encoder.encode_images([cutout.picture])[0]

@@ -44,6 +44,20 @@ def read_export_meta(directory: Path) -> dict:
     return meta
 
 
+def query_session_options(threads: int):
+    """onnxruntime options of the query towers (text, and image: search/image_encoder.py):
+    several gunicorn workers share the cores, so each session gets a fixed, small thread budget,
+    and idle threads must not spin between queries."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxTextEncoder:
     """One exported text tower in one precision, in an onnxruntime session; loaded once per worker."""
 
@@ -58,13 +72,7 @@ class OnnxTextEncoder:
         self.precision = precision
         self.model_name = self.meta["identity"]["model"]
         self.tokenizer = ClipTokenizer.load(directory / "tokenizer.json", self.meta["context_length"])
-        options = ort.SessionOptions()
-        # Several gunicorn workers share the cores: each session gets a fixed, small thread budget,
-        # and idle threads must not spin between queries.
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = query_session_options(threads)
         graph = directory / self.meta["files"][precision]
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])

@@ -13,7 +13,10 @@ def create_app(config: BgConfig | None = None, *, models=None) -> Flask:
     from bgremoval.pipeline import GarmentPipeline
     from shared.web import create_service_app
 
+    from shared.garment_vocabulary import Vocabulary
+
     config = config or BgConfig.from_env()
+    vocabulary = Vocabulary.load(config.vocabulary_path)  # a bad file stops the start, naming it
 
     def load(app: Flask) -> str:
         from bgremoval.models import load_models
@@ -22,6 +25,7 @@ def create_app(config: BgConfig | None = None, *, models=None) -> Flask:
         loaded = models if models is not None else load_models(config)
         app.extensions["bg_pipeline"] = GarmentPipeline(loaded, config.pipeline)
         app.extensions["pixel_budget"] = PixelBudget(config.max_inflight_mp, config.inflight_wait_s)
+        app.extensions["garment_vocabulary"] = vocabulary
         return f"models: {loaded.person.name}, {loaded.cloth.name}, {loaded.product.name}"
 
     return create_service_app(

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify
+from PIL import Image
 
-from bgremoval.pipeline import GARMENT_CLASSES, GarmentPipeline
+from bgremoval.pipeline import LABEL_PRODUCT, GarmentMask, GarmentPipeline
 from shared.errors import BadRequest, ProblemError, Unprocessable
 from shared.fetch import fetch_url
+from shared.garment_request import GARMENT_FIELDS, GarmentOptions, parse_garment_options
+from shared.garment_vocabulary import Vocabulary
 from shared.images import WEBP_MAX_SIDE, OpenedImage, decode_covering, decode_opened, encode_image, open_image
 from shared.timing import timed
 from shared.uploads import read_image_request, url_field
@@ -18,7 +21,7 @@ from shared.web import stage_timings
 
 bp = Blueprint("bgremoval", __name__)
 
-OPTION_FIELDS = {"format", "background", "background_url", "classes", "crop"}
+OPTION_FIELDS = {"format", "background", "background_url", "crop", *GARMENT_FIELDS}
 FORMATS = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 ALPHA_FORMATS = {"png", "webp"}  # these carry the garment mask as alpha (unless a background_url is given)
 CROPS = ("none", "garment")
@@ -30,7 +33,7 @@ class Options:
     format: str = "jpeg"
     background: tuple[int, int, int] = (0, 0, 0)
     background_url: str | None = None  # an image to put behind the garment instead of the colour
-    classes: tuple[str, ...] = GARMENT_CLASSES
+    garments: GarmentOptions = GarmentOptions()
     crop: str = "none"
 
     @property
@@ -40,8 +43,20 @@ class Options:
         return self.format in ALPHA_FORMATS and self.background_url is None
 
 
-def parse_options(raw: dict) -> Options:
-    """Validate the optional fields; `classes` may be a list (JSON) or comma-separated (form/query)."""
+def garment_headers(response: Response, asked: GarmentOptions, result: GarmentMask) -> None:
+    """What was kept, on every image response: the classes, where the choice came from, and
+    whether the chosen classes found nothing so that all garments were kept."""
+    response.headers["X-Mask-Source"] = result.source
+    response.headers["X-Garment-Classes"] = ",".join(result.classes)
+    response.headers["X-Garment-Source"] = "all" if result.fallback else asked.source
+    if result.fallback:
+        response.headers["X-Garment-Fallback"] = "true"
+    if asked.garment and not result.fallback:
+        response.headers["X-Garment-Name"] = asked.garment
+
+
+def parse_options(raw: dict, vocabulary: Vocabulary) -> Options:
+    """Validate the optional fields (the garment ones: parse_garment_options)."""
     fmt = raw.get("format", "jpeg")
     if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
         raise BadRequest(f"format must be one of {sorted(FORMATS)}.", field="format")
@@ -51,17 +66,11 @@ def parse_options(raw: dict) -> Options:
     if not match:
         raise BadRequest("background must be a hex colour like '#000000'.", field="background")
     rgb = tuple(int(match.group(1)[i:i + 2], 16) for i in (0, 2, 4))
-    classes = raw.get("classes", list(GARMENT_CLASSES))
-    if isinstance(classes, str):
-        classes = [c.strip() for c in classes.split(",") if c.strip()]
-    if (not isinstance(classes, list) or not classes
-            or not all(isinstance(c, str) and c in GARMENT_CLASSES for c in classes)):
-        raise BadRequest(f"classes must be a non-empty subset of {list(GARMENT_CLASSES)}.", field="classes")
-    ordered = tuple(c for c in GARMENT_CLASSES if c in classes)
+    garments = parse_garment_options(raw, vocabulary)
     crop = raw.get("crop", "none")
     if not isinstance(crop, str) or crop.lower() not in CROPS:
         raise BadRequest(f"crop must be one of {list(CROPS)}.", field="crop")
-    return Options(format=fmt.lower(), background=rgb, background_url=background_url, classes=ordered,
+    return Options(format=fmt.lower(), background=rgb, background_url=background_url, garments=garments,
                    crop=crop.lower())
 
 
@@ -110,14 +119,16 @@ def covering(backdrop: OpenedImage):
     return picture
 
 
-def _read_request() -> tuple[bytes, Options]:
-    """The image bytes and options from a JSON {url}, a multipart `file`, or a raw image/* body."""
-    got = read_image_request(OPTION_FIELDS, json_fields={"url"})
+def _read_request(fields: set[str], parse):
+    """The image bytes and parse(fields, vocabulary) from a JSON {url}, a multipart `file`, or a
+    raw image/* body; the options are checked before the image is downloaded."""
+    got = read_image_request(fields, json_fields={"url"})
+    vocabulary = current_app.extensions["garment_vocabulary"]
     if got.form == "json":
         url = url_field(got.fields.get("url"), "url")
-        options = parse_options(got.fields)
+        options = parse(got.fields, vocabulary)
         return fetch_image(url, "fetch"), options
-    return got.image, parse_options(got.fields)
+    return got.image, parse(got.fields, vocabulary)
 
 
 def require_webp_fits(options: Options, size: tuple[int, int]) -> None:
@@ -131,7 +142,7 @@ def remove_background() -> Response:
     current_app.extensions["readiness"].require()
     config = current_app.config["BG"]
     pipeline: GarmentPipeline = current_app.extensions["bg_pipeline"]
-    data, options = _read_request()
+    data, options = _read_request(OPTION_FIELDS, parse_options)
     opened = open_image(data, max_pixels=config.max_pixels)  # header only: 413/415/422 before any pixel
     del data  # the opened image holds the bytes until it is decoded
     if options.crop == "none":
@@ -155,8 +166,9 @@ def remove_background() -> Response:
         del opened
 
         background = options.background if backdrop is None else covering(backdrop)
-        picture, result = pipeline.cut_out(decoded, options.classes, background,
-                                           mask_as_alpha=options.mask_as_alpha, crop=options.crop == "garment")
+        picture, result = pipeline.cut_out(decoded, options.garments.classes, background,
+                                           mask_as_alpha=options.mask_as_alpha, crop=options.crop == "garment",
+                                           fallback=options.garments.fallback)
         del decoded, backdrop, background  # the inputs are not needed any more: free them before encoding
         stage_timings().update(result.timings)
 
@@ -165,7 +177,37 @@ def remove_background() -> Response:
             payload = encode_image(picture, options.format, jpeg_quality=config.jpeg_quality)
         del picture
     response = Response(payload, mimetype=FORMATS[options.format])
-    response.headers["X-Mask-Source"] = result.source
+    garment_headers(response, options.garments, result)
+    return response
+
+
+@bp.post("/labels")
+def garment_labels() -> Response:
+    """The garment label map of a photo, at its size, as an 8-bit greyscale PNG: 0 not kept, 1
+    upper, 2 lower, 3 full (each pixel's most probable class), 255 a flat-lay's product (no
+    person: its class is unknown). One pipeline run, as POST / costs; the search service cuts a
+    look's garments from it."""
+    current_app.extensions["readiness"].require()
+    config = current_app.config["BG"]
+    pipeline: GarmentPipeline = current_app.extensions["bg_pipeline"]
+    data, garments = _read_request(GARMENT_FIELDS, parse_garment_options)
+    opened = open_image(data, max_pixels=config.max_pixels)
+    del data
+    with current_app.extensions["pixel_budget"].reserve(opened.pixels):
+        with timed(stage_timings(), "decode"):
+            decoded = decode_opened(opened)
+        del opened
+        result = pipeline.garment_mask(decoded.rgb, garments.classes, decoded.alpha, fallback=garments.fallback,
+                                       labels=True)
+        stage_timings().update(result.timings)
+        with timed(stage_timings(), "encode"):
+            labels = Image.fromarray(result.labels, "L")
+            if labels.size != result.size:  # class codes: never blended, so nearest-neighbour
+                labels = labels.resize(result.size, Image.NEAREST)
+            payload = encode_image(labels, "png")
+    response = Response(payload, mimetype="image/png")
+    garment_headers(response, garments, result)
+    response.headers["X-Label-Codes"] = f"1=upper,2=lower,3=full,{LABEL_PRODUCT}=product"
     return response
 
 

@@ -90,6 +90,8 @@ class BgConfig:
     max_inflight_mp: float = 48.0
     inflight_wait_s: float = 10.0
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    # GARMENT_VOCABULARY: the product-text -> garment classes file (default: the one shipped in shared/)
+    vocabulary_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -115,4 +117,5 @@ class BgConfig:
             max_inflight_mp=float(env.get("BG_MAX_INFLIGHT_MP", cls.max_inflight_mp)),
             inflight_wait_s=float(env.get("BG_INFLIGHT_WAIT_S", cls.inflight_wait_s)),
             fetch=FetchPolicy.from_env(env),
+            vocabulary_path=env.get("GARMENT_VOCABULARY") or None,
         )

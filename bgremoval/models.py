@@ -83,6 +83,13 @@ def summed_probability(logits: np.ndarray, channels: list[int]) -> np.ndarray:
     return softmax(logits, axis=1)[:, channels].sum(axis=1)
 
 
+def grouped_probability(logits: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    """[N, C, S, S] logits -> [N, G, S, S]: each group's summed softmax probability (a group alone
+    gives exactly summed_probability's numbers)."""
+    probability = softmax(logits, axis=1)
+    return np.stack([probability[:, group].sum(axis=1) for group in groups], axis=1)
+
+
 def model_input(images: list[Image.Image], spec: InputSpec) -> np.ndarray:
     """A [N, 3, S, S] float32 batch, each image fed exactly as rembg's `normalize()` feeds it:
     Lanczos-resized to the model's square, divided by its own brightest value, then standardised."""
@@ -105,10 +112,14 @@ class OnnxRunner:
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         self.runtime = "onnxruntime"
 
-    def run_images(self, images: list[Image.Image], spec: InputSpec, channels: list[int] | None = None) -> np.ndarray:
+    def run_images(self, images: list[Image.Image], spec: InputSpec, channels: list[int] | None = None,
+                   groups: list[list[int]] | None = None) -> np.ndarray:
         """[N, S, S] from photos: the first output plane (mattes), or with `channels` their summed
-        softmax probability (cloth). TorchRunner has the same call, done on its device."""
+        softmax probability (cloth); with `groups` [N, G, S, S], each group's summed probability
+        from the one run. TorchRunner has the same call, done on its device."""
         out = self(model_input(images, spec))
+        if groups is not None:
+            return grouped_probability(out, groups)
         return out[:, 0] if channels is None else summed_probability(out, channels)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -155,6 +166,11 @@ class ModelSession:
     def class_probability(self, images: list[Image.Image], channels: list[int]) -> np.ndarray:
         """[N, S, S]: per image, the softmax probability of `channels` together (the cloth model)."""
         return self.runner.run_images(images, self.spec, channels)
+
+    def class_probabilities(self, images: list[Image.Image], groups: list[list[int]]) -> np.ndarray:
+        """[N, G, S, S]: per image, each group of channels' probability together, from one run of
+        the cloth model (a product's classes, all garments as its fallback, each class alone)."""
+        return self.runner.run_images(images, self.spec, groups=groups)
 
 
 def session_options(config: BgConfig) -> ort.SessionOptions:

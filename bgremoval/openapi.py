@@ -1,5 +1,5 @@
 """OpenAPI 3.1 document of the background-removal service (served at /openapi.json)."""
-from shared.openapi import PROBLEM_SCHEMA, ops_paths, problem
+from shared.openapi import GARMENT_HEADERS, GARMENT_OPTIONS, PROBLEM_SCHEMA, ops_paths, problem
 
 OPTIONS = {
     "format": {"type": "string", "enum": ["jpeg", "png", "webp"], "default": "jpeg",
@@ -13,12 +13,26 @@ OPTIONS = {
                                       "garment instead of a colour: scaled to cover the output, centre-cropped; "
                                       "transparent parts black. Not together with background. Its failures are "
                                       "the problems url's would be, with field background_url"},
-    "classes": {"type": "array", "items": {"type": "string", "enum": ["upper", "lower", "full"]},
-                "minItems": 1, "default": ["upper", "lower", "full"]},
+    **GARMENT_OPTIONS,
     "crop": {"type": "string", "enum": ["none", "garment"], "default": "none",
              "description": "garment: only the garment's bounding box plus a 5% margin (the search indexer's crop)"},
 }
 ONE_BACKGROUND = {"not": {"required": ["background", "background_url"]}}
+ONE_CHOICE = {"not": {"required": ["product", "classes"]}}
+RAW_GARMENT_OPTIONS = [
+    {"name": name, "in": "query", "required": False, "description": "only with a raw image/* body",
+     "schema": {"type": "string", "description": "comma-separated"} if name == "classes" else schema}
+    for name, schema in GARMENT_OPTIONS.items()
+]
+IMAGE_ERRORS = {
+    "400": problem("Bad field or refused URL (field says which: url, product, classes, ...)"),
+    "413": problem("Body, download or pixel count over the limit"),
+    "415": problem("Not JSON/multipart/image, or an unsupported image format"),
+    "422": problem("Decodable but unusable: no garment found (of the classes asked for), corrupt or tiny image"),
+    "502": problem("The image host failed"),
+    "503": problem("Models not loaded, or this worker's megapixel budget is in use (then with Retry-After)"),
+    "504": problem("The image host timed out"),
+}
 # A raw image/* body takes the options in the query string (the form's spelling: classes comma-separated).
 QUERY_OPTIONS = [
     {"name": name, "in": "query", "required": False, "description": "only with a raw image/* body",
@@ -40,18 +54,20 @@ OPENAPI = {
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {
                     "type": "object", "required": ["url"], "additionalProperties": False,
-                    "properties": {"url": {"type": "string", "format": "uri"}, **OPTIONS}, **ONE_BACKGROUND}},
+                    "properties": {"url": {"type": "string", "format": "uri"}, **OPTIONS},
+                    "allOf": [ONE_BACKGROUND, ONE_CHOICE]}},
                 "multipart/form-data": {"schema": {
                     "type": "object", "required": ["file"], "additionalProperties": False,
                     "properties": {"file": {"type": "string", "format": "binary"},
                                    **OPTIONS, "classes": {"type": "string", "description": "comma-separated"}},
-                    **ONE_BACKGROUND}},
+                    "allOf": [ONE_BACKGROUND, ONE_CHOICE]}},
                 "image/*": {"schema": {"type": "string", "format": "binary"},
                             "description": "options as query parameters"},
             }},
             "responses": {
                 "200": {"description": "Same width and height as the input (after EXIF orientation); with "
                                        "crop=garment the garment's box plus its margin",
+                        "headers": GARMENT_HEADERS,
                         "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}},
                 "400": problem("Bad field or refused URL (field says which: url, background_url, ...)"),
                 "413": problem("Body, download or pixel count over the limit"),
@@ -63,6 +79,28 @@ OPENAPI = {
                                "(then with Retry-After)"),
                 "504": problem("The image host timed out"),
             },
+        }},
+        "/labels": {"post": {
+            "summary": "The garment label map of a photo (which class each kept pixel is)",
+            "description": "An 8-bit greyscale PNG at the photo's size: 0 not kept, 1 upper, 2 lower, 3 full "
+                           "(each pixel's most probable class), 255 a flat-lay's product (no person: class unknown). "
+                           "One pipeline run, as POST / costs. The search service cuts a look's garments from it.",
+            "parameters": RAW_GARMENT_OPTIONS,
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {
+                    "type": "object", "required": ["url"], "additionalProperties": False,
+                    "properties": {"url": {"type": "string", "format": "uri"}, **GARMENT_OPTIONS}, **ONE_CHOICE}},
+                "multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file"], "additionalProperties": False,
+                    "properties": {"file": {"type": "string", "format": "binary"}, **GARMENT_OPTIONS,
+                                   "classes": {"type": "string", "description": "comma-separated"}}, **ONE_CHOICE}},
+                "image/*": {"schema": {"type": "string", "format": "binary"},
+                            "description": "options as query parameters"},
+            }},
+            "responses": {"200": {"description": "the label map", "content": {"image/png": {}},
+                                  "headers": {**GARMENT_HEADERS, "X-Label-Codes": {
+                                      "schema": {"type": "string"}, "description": "the codes, e.g. 1=upper,2=lower,3=full,255=product"}}},
+                          **IMAGE_ERRORS},
         }},
         "/pipeline": {"get": {
             "summary": "Models (with weights sha256) and settings that decide the masks",

@@ -25,11 +25,12 @@ from scipy import ndimage
 from bgremoval.config import PipelineSettings
 from bgremoval.models import CLOTH_CLASSES, Models
 from shared.errors import Unprocessable
+from shared.garment_vocabulary import GARMENT_CLASSES
 from shared.images import DecodedImage, flatten_onto_black, garment_box
 
 BAND_PIXELS = 1 << 20  # the composite works on ~1 MP of rows at a time
 
-GARMENT_CLASSES = ("upper", "lower", "full")
+LABEL_PRODUCT = 255  # in GarmentMask.labels: a flat-lay's product matte, of no known class
 
 # What goes behind the garment: an RGB colour, or a function that returns an RGB picture of the
 # size it is given. A function because that size is known only once the mask is (crop=garment),
@@ -46,6 +47,11 @@ class GarmentMask:
     working: np.ndarray  # bool, at the working size (<= working_max_side): True = garment
     size: tuple[int, int]  # (width, height) of the photo it belongs to
     source: str  # "garment" (person found) or "product" (flat-lay fallback)
+    classes: tuple[str, ...] = GARMENT_CLASSES  # the classes kept (a flat-lay's matte has none: those asked)
+    fallback: bool = False  # the classes asked for found no garment, so all garments were kept
+    # uint8 at the working size, with labels=True: 0 outside, 1 upper, 2 lower, 3 full (the mask
+    # pixel's most probable class), LABEL_PRODUCT for a flat-lay's matte (its class is unknown)
+    labels: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def full(self) -> Image.Image:
@@ -181,11 +187,14 @@ class GarmentPipeline:
         img: Image.Image,
         classes: tuple[str, ...] = GARMENT_CLASSES,
         alpha: np.ndarray | None = None,
+        *,
+        fallback: bool = False,
+        labels: bool = False,
     ) -> GarmentMask:
         """Mask of the garment of `img`, at the working size. `alpha` (the photo's own uint8 alpha,
         when it arrived already cut out) is applied first: transparent parts are black and stay out
-        of the mask. Raises NoGarmentFound."""
-        result = self.garment_masks([img], classes, [alpha])[0]
+        of the mask. `fallback` and `labels` as in garment_masks. Raises NoGarmentFound."""
+        result = self.garment_masks([img], classes, [alpha], fallback=fallback, labels=labels)[0]
         if isinstance(result, NoGarmentFound):
             raise result
         return result
@@ -193,16 +202,28 @@ class GarmentPipeline:
     def garment_masks(
         self,
         images: list[Image.Image],
-        classes: tuple[str, ...] = GARMENT_CLASSES,
+        classes: tuple[str, ...] | list[tuple[str, ...]] = GARMENT_CLASSES,
         alphas: list[np.ndarray | None] | None = None,
+        *,
+        fallback: bool = False,
+        labels: bool = False,
     ) -> list[GarmentMask | NoGarmentFound]:
         """garment_mask for several photos, each model run once on the whole batch (a GPU's
         speed; on onnxruntime's batch-1 graphs the same as one by one). Each photo gets its mask,
         or the NoGarmentFound that says why it has none. The masks equal garment_mask's one by
-        one; per-image timings are the batch's stage times divided by the photos in it."""
-        unknown = set(classes) - set(GARMENT_CLASSES)
-        if unknown or not classes:
-            raise ValueError(f"classes must be a non-empty subset of {GARMENT_CLASSES}")
+        one; per-image timings are the batch's stage times divided by the photos in it.
+
+        `classes`: the classes to keep, for every photo or one tuple per photo (an index batch
+        mixes products). `fallback`: a photo whose classes find no garment keeps all garments
+        instead (marked `fallback`), from the same cloth-model run. `labels`: also label each
+        mask pixel with its most probable class (GarmentMask.labels, for a look's garments)."""
+        per_image = [tuple(classes)] * len(images) if isinstance(classes, tuple) else [tuple(c) for c in classes]
+        if len(per_image) != len(images):
+            raise ValueError("classes: one tuple per image, or one tuple for all")
+        for chosen in per_image:
+            if set(chosen) - set(GARMENT_CLASSES) or not chosen:
+                raise ValueError(f"classes must be a non-empty subset of {GARMENT_CLASSES}")
+        per_image = [tuple(c for c in GARMENT_CLASSES if c in chosen) for chosen in per_image]
         alphas = alphas or [None] * len(images)
         s = self.settings
         timings: dict[str, float] = {}
@@ -222,9 +243,17 @@ class GarmentPipeline:
                        for work, alpha in zip(works, alphas, strict=True)]
         lap("working_copy")
 
-        wanted = [CLOTH_CLASSES.index(name) for name in classes]
+        # Every probability plane the batch needs comes from ONE cloth-model run: each distinct
+        # class choice, all garments (the fallback), each class alone (labels).
+        wanted_sets = list(dict.fromkeys(per_image))
+        if fallback and GARMENT_CLASSES not in wanted_sets:
+            wanted_sets.append(GARMENT_CLASSES)
+        if labels:
+            wanted_sets += [(c,) for c in GARMENT_CLASSES if (c,) not in wanted_sets]
+        groups = [[CLOTH_CLASSES.index(name) for name in chosen] for chosen in wanted_sets]
+        plane_of = {chosen: i for i, chosen in enumerate(wanted_sets)}
         # Speculative: the cloth model needs only the photos, so it can run while the person matte does.
-        cloth_ahead = self._beside.submit(self.models.cloth.class_probability, works, wanted) \
+        cloth_ahead = self._beside.submit(self.models.cloth.class_probabilities, works, groups) \
             if s.concurrent_models and self.models.cloth is not None else None
         persons = [matte > s.person_threshold for matte in self._mattes(self.models.person, works)]
         persons = [person if fg is None else person & fg for person, fg in zip(persons, foregrounds, strict=True)]
@@ -247,13 +276,29 @@ class GarmentPipeline:
         if cloth_ahead is not None:
             planes = cloth_ahead.result()[garment_rows]  # waited for even when unused: no run outlives its request
         else:
-            planes = self.models.cloth.class_probability([works[i] for i in garment_rows], wanted) if garment_rows else []
-        for i, plane in zip(garment_rows, planes, strict=True):
-            mask = (resize_plane(plane, works[i].size) > s.garment_threshold) & allowed[i]
-            if mask.sum() < s.min_garment_fraction * works[i].width * works[i].height:
-                results[i] = NoGarmentFound(f"A person was found but no garment ({', '.join(classes)}) on them.")
-            else:
-                results[i] = GarmentMask(working=mask, size=images[i].size, source="garment")
+            planes = self.models.cloth.class_probabilities([works[i] for i in garment_rows], groups) \
+                if garment_rows else []
+        for i, plane_set in zip(garment_rows, planes, strict=True):
+            area = works[i].width * works[i].height
+
+            def mask_of(chosen: tuple[str, ...]) -> np.ndarray:
+                return (resize_plane(plane_set[plane_of[chosen]], works[i].size) > s.garment_threshold) & allowed[i]
+
+            kept, mask = per_image[i], mask_of(per_image[i])
+            fell_back = False
+            if mask.sum() < s.min_garment_fraction * area and fallback and kept != GARMENT_CLASSES:
+                kept, mask, fell_back = GARMENT_CLASSES, mask_of(GARMENT_CLASSES), True
+            if mask.sum() < s.min_garment_fraction * area:
+                results[i] = NoGarmentFound(f"A person was found but no garment ({', '.join(kept)}) on them.")
+                continue
+            results[i] = GarmentMask(working=mask, size=images[i].size, source="garment", classes=kept,
+                                     fallback=fell_back)
+            if labels:
+                singles = np.stack([resize_plane(plane_set[plane_of[(c,)]], works[i].size) for c in kept])
+                label = np.zeros(mask.shape, np.uint8)
+                codes = np.array([GARMENT_CLASSES.index(c) + 1 for c in kept], np.uint8)
+                label[mask] = codes[np.argmax(singles[:, mask], axis=0)]
+                results[i].labels = label
         lap("cloth_seg")
 
         for i, product in zip(product_rows, self._product_masks([works[i] for i in product_rows],
@@ -262,7 +307,10 @@ class GarmentPipeline:
             if isinstance(product, NoGarmentFound):
                 results[i] = product
             else:
-                results[i] = GarmentMask(working=product, size=images[i].size, source="product")
+                results[i] = GarmentMask(working=product, size=images[i].size, source="product",
+                                         classes=per_image[i])
+                if labels:
+                    results[i].labels = np.where(product, LABEL_PRODUCT, 0).astype(np.uint8)
         if product_rows:
             lap("product_matte")
 
@@ -299,12 +347,15 @@ class GarmentPipeline:
         *,
         mask_as_alpha: bool = False,
         crop: bool = False,
+        fallback: bool = False,
     ) -> tuple[Image.Image, GarmentMask]:
         """The garment on a background (a colour, or a picture: see `Background`), and the mask
         used (always at the photo's size). Same size as the photo, or with `crop` the garment's
         box plus a margin (shared.images.garment_box, the crop the search indexer uses). RGB, or
-        with `mask_as_alpha` RGBA whose alpha is the mask (for PNG/WebP)."""
-        return self._picture(img, self.garment_mask(img, classes, alpha), background, alpha, mask_as_alpha, crop)
+        with `mask_as_alpha` RGBA whose alpha is the mask (for PNG/WebP). `fallback`: all
+        garments when `classes` find none (the mask says so)."""
+        return self._picture(img, self.garment_mask(img, classes, alpha, fallback=fallback), background, alpha,
+                             mask_as_alpha, crop)
 
     def _picture(self, img: Image.Image, result: GarmentMask, background: Background, alpha, mask_as_alpha: bool,
                  crop: bool = False):
@@ -334,22 +385,26 @@ class GarmentPipeline:
         *,
         mask_as_alpha: bool = False,
         crop: bool = False,
+        fallback: bool = False,
     ) -> tuple[Image.Image, GarmentMask]:
         """remove_background for a decoded upload. An already-matted photo is flattened onto
         black and its alpha narrows the mask; it still goes through the garment step, because
         catalog cut-outs keep faces, hair and hands."""
         return self.remove_background(decoded.rgb, classes, background, decoded.alpha,
-                                      mask_as_alpha=mask_as_alpha, crop=crop)
+                                      mask_as_alpha=mask_as_alpha, crop=crop, fallback=fallback)
 
     def cut_outs(
         self,
         batch: list[DecodedImage],
-        classes: tuple[str, ...] = GARMENT_CLASSES,
+        classes: tuple[str, ...] | list[tuple[str, ...]] = GARMENT_CLASSES,
         background: tuple[int, int, int] = (0, 0, 0),
+        *,
+        fallback: bool = False,
     ) -> list[tuple[Image.Image, GarmentMask] | NoGarmentFound]:
         """cut_out for a batch (the indexer on a GPU): the models run once per batch; each photo
-        gets its picture and mask, or the NoGarmentFound that says why not."""
-        masks = self.garment_masks([d.rgb for d in batch], classes, [d.alpha for d in batch])
+        gets its picture and mask, or the NoGarmentFound that says why not. `classes` may be one
+        tuple per photo (each product's own garment)."""
+        masks = self.garment_masks([d.rgb for d in batch], classes, [d.alpha for d in batch], fallback=fallback)
         return [result if isinstance(result, NoGarmentFound)
                 else self._picture(decoded.rgb, result, background, decoded.alpha, False)
                 for decoded, result in zip(batch, masks, strict=True)]

@@ -118,7 +118,7 @@ def decode_opened(opened: OpenedImage, *, max_side: int | None = None) -> Decode
         if getattr(im, "is_animated", False):
             im.seek(0)  # animated GIF/WebP: the first frame is the product photo
         if max_side and max(im.size) > max_side:
-            upright = _upright_size(im)
+            upright = upright_size(im)
             scale = max_side / max(upright)
             target = (round(upright[0] * scale), round(upright[1] * scale))
             im.draft("RGB", target if upright == im.size else target[::-1])  # JPEG only; else a no-op
@@ -134,7 +134,7 @@ def decode_opened(opened: OpenedImage, *, max_side: int | None = None) -> Decode
     return DecodedImage(rgb=rgb, alpha=alpha, source_format=opened.source_format)
 
 
-def _upright_size(im: Image.Image) -> tuple[int, int]:
+def upright_size(im: Image.Image) -> tuple[int, int]:
     """The size after EXIF orientation (5-8 swap width and height)."""
     orientation = im.getexif().get(0x0112, 1)
     return im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
@@ -229,7 +229,7 @@ def decode_covering(opened: OpenedImage, size: tuple[int, int]) -> Image.Image:
     seen everywhere else."""
     im = opened.image
     try:
-        upright = _upright_size(im)
+        upright = upright_size(im)
         scale = max(size[0] / upright[0], size[1] / upright[1])
         if scale < 1:
             needed = (math.ceil(upright[0] * scale), math.ceil(upright[1] * scale))

@@ -1,5 +1,6 @@
 // The background-removal page: sends the photo (multipart) or its URL (JSON) to POST / with the
-// options, shows before and after side by side and offers the result as a download.
+// options (the garments to keep: the boxes, or the product's text), shows before and after side by
+// side, says what was kept (the X-Garment-* headers) and offers the result as a download.
 // Texts from the API or the user go in with textContent / setAttribute only (see ../shared/ui.js).
 import { clearError, formatBytes, request, safeUrl, setBusy, showError } from "../shared/ui.js";
 
@@ -13,6 +14,8 @@ const colourValue = document.getElementById("background-value");
 const backgroundUrlInput = document.getElementById("background-url");
 const formatSelect = document.getElementById("format");
 const cropSelect = document.getElementById("crop");
+const productInput = document.getElementById("product");
+const classBoxes = [...form.querySelectorAll('input[name="classes"]')];
 const submitButton = document.getElementById("submit");
 const errorBox = document.getElementById("error");
 const before = document.getElementById("before");
@@ -129,9 +132,22 @@ backgroundUrlInput.addEventListener("input", () => {
   colourInput.disabled = Boolean(backgroundUrlInput.value.trim());
 });
 
+function product() {
+  return productInput.value.trim();
+}
+
+function updateClassBoxes() {
+  // The product's text chooses the garments: the boxes are off while it is given.
+  const fromProduct = Boolean(product());
+  for (const box of classBoxes) box.disabled = fromProduct;
+}
+productInput.addEventListener("input", updateClassBoxes);
+
 function options() {
-  const classes = [...form.querySelectorAll('input[name="classes"]:checked')].map((box) => box.value);
-  const chosen = { format: formatSelect.value, classes };
+  const chosen = { format: formatSelect.value };
+  // product and classes exclude each other: the product's text, when given, chooses the garments.
+  if (product()) chosen.product = product();
+  else chosen.classes = classBoxes.filter((box) => box.checked).map((box) => box.value);
   const backgroundUrl = backgroundUrlInput.value.trim();
   // background and background_url exclude each other; defaults (crop none) are not sent.
   if (backgroundUrl) chosen.background_url = backgroundUrl;
@@ -140,8 +156,7 @@ function options() {
   return chosen;
 }
 
-function buildRequest() {
-  const chosen = options();
+function buildRequest(chosen) {
   if (source() === "file") {
     const file = fileInput.files[0];
     if (!file) return { error: { title: "No photo", detail: "Choose a photo file to upload.", field: "file" } };
@@ -163,11 +178,30 @@ function buildRequest() {
   };
 }
 
+/** What the result kept, from its X-Garment-* headers: "upper, full (from the product: tunic)". */
+function keptSummary(headers, sentProduct) {
+  const classes = (headers.get("X-Garment-Classes") || "").split(",").map((name) => name.trim()).filter(Boolean);
+  if (!classes.length) return "";
+  const garment = headers.get("X-Garment-Name");
+  let why;
+  if (headers.get("X-Garment-Fallback") === "true") {
+    why = sentProduct ? "the product's garment was not found: all garments kept"
+      : "the chosen garments were not found: all garments kept";
+  } else {
+    const source = headers.get("X-Garment-Source");
+    if (source === "product") why = garment ? `from the product: ${garment}` : "from the product";
+    else if (source === "classes") why = "as chosen";
+    else if (source === "all") why = sentProduct ? "all garments: the product names none" : "all garments";
+  }
+  return `${classes.join(", ")}${why ? ` (${why})` : ""}`;
+}
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   if (busy) return;
   clearError(errorBox, form);
-  const { init, error } = buildRequest();
+  const chosen = options();
+  const { init, error } = buildRequest(chosen);
   if (error) {
     showError(errorBox, error, form);
     (source() === "file" ? fileInput : urlInput).focus();
@@ -197,7 +231,8 @@ form.addEventListener("submit", async (event) => {
     download.hidden = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     const mask = response.headers.get("X-Mask-Source");
-    statusLine.textContent = `Done in ${seconds} s${mask ? ` · mask: ${mask}` : ""}.`;
+    const kept = keptSummary(response.headers, "product" in chosen);
+    statusLine.textContent = `Done in ${seconds} s${mask ? ` · mask: ${mask}` : ""}${kept ? ` · kept: ${kept}` : ""}.`;
   } catch (failure) {
     clearResult();
     statusLine.textContent = "";
@@ -210,5 +245,6 @@ form.addEventListener("submit", async (event) => {
   }
 });
 
-// A file already chosen when the page was restored from the back/forward cache.
+// A file (or product text) already there when the page was restored from the back/forward cache.
 updateBefore();
+updateClassBoxes();

@@ -51,7 +51,15 @@ def main() -> int:
     assert response.headers["Content-Type"] == "image/jpeg"
     out = Image.open(io.BytesIO(response.content))
     assert out.format == "JPEG" and out.size == size, (out.format, out.size, size)
-    print(f"bgremoval: {photo.parent.name}/{photo.name} -> {out.size[0]}x{out.size[1]} JPEG")
+    print(f"bgremoval: {photo.parent.name}/{photo.name} -> {out.size[0]}x{out.size[1]} JPEG, kept "
+          f"{response.headers['X-Garment-Classes']} ({response.headers['X-Garment-Source']})")
+    # Only the product's garment, chosen from its name (the folder name names it).
+    response = requests.post(args.bg + "/", files={"file": (photo.name, photo.read_bytes(), "image/png")},
+                             data={"product": photo.parent.name}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Garment-Source"] in ("product", "all"), dict(response.headers)
+    print(f"bgremoval: product={photo.parent.name!r} kept {response.headers['X-Garment-Classes']} "
+          f"({response.headers['X-Garment-Source']}{', fallback' if 'X-Garment-Fallback' in response.headers else ''})")
 
     bad = requests.post(args.bg + "/", json={"url": "http://169.254.169.254/latest"}, timeout=30)
     assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/problem+json", bad.text
@@ -82,6 +90,15 @@ def main() -> int:
     names = [r["product_name"] for r in found]
     rank = names.index(photo.parent.name) + 1 if photo.parent.name in names else "not in the top 3"
     print(f"search: photo query {photo.parent.name}/{photo.name}: its own product ranks {rank}")
+    look = requests.post(args.search + "/", files={"file": (photo.name, photo.read_bytes(), "image/png")},
+                         data={"n": "2", "look": "true"}, timeout=120)
+    assert look.status_code == 200, look.text
+    garments = look.json()["garments"]
+    assert garments and all(len(g["box"]) == 4 and len(g["results"]) == 2 for g in garments), garments
+    print("search: look query: " + ", ".join(f"{g['class']} {g['box']}" for g in garments))
+    record = requests.get(f"{args.search}/products/{requests.utils.quote(photo.parent.name, safe='')}", timeout=30)
+    assert record.status_code == 200 and record.json()["images"], record.text
+    print(f"search: product record: {record.json()['garment_classes']}")
     similar = requests.get(f"{args.search}/products/{requests.utils.quote(photo.parent.name, safe='')}/similar",
                            params={"n": 3}, timeout=30)
     assert similar.status_code == 200 and photo.parent.name not in [r["product_name"] for r in similar.json()]

@@ -15,7 +15,10 @@ def create_app(config: SearchConfig | None = None, *, embedder=None, garments=No
     from search.store import Index
     from shared.web import create_service_app
 
+    from shared.garment_vocabulary import Vocabulary
+
     config = config or SearchConfig.from_env()
+    vocabulary = Vocabulary.load(config.vocabulary_path)  # a bad file stops the start, naming it
 
     def load(app: Flask) -> str:
         from pathlib import Path
@@ -47,8 +50,10 @@ def create_app(config: SearchConfig | None = None, *, embedder=None, garments=No
 
             photos = PhotoEmbedder(garments if garments is not None else open_garments(config),
                                    open_image_encoder(config.clip, model, export_dir(config)),
-                                   index_meta=index.meta, max_pixels=config.max_image_pixels)
+                                   index_meta=index.meta, max_pixels=config.max_image_pixels,
+                                   look_min_fraction=config.look_min_fraction)
         app.extensions["photos"] = photos
+        app.extensions["garment_vocabulary"] = vocabulary
         store = open_store(config.vectors, index)
         searcher = Searcher(index, model, store=store, name_weight=config.name_weight,
                             cache_size=config.query_cache_size)

@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, jsonify, request, send_from_directory
 from search.vectors import VectorStoreError
 from shared.errors import BadRequest, NotFound, NotReady
 from shared.fetch import fetch_url
+from shared.garment_request import GARMENT_FIELDS, GarmentOptions, parse_garment_options
 from shared.timing import timed
 from shared.uploads import read_image_request, url_field
 from shared.web import json_object_body, reject_unknown_fields, stage_timings
@@ -20,7 +21,8 @@ from shared.web import json_object_body, reject_unknown_fields, stage_timings
 bp = Blueprint("search", __name__)
 MAX_N = 100
 MAX_BATCH = 32
-QUERY_FIELDS = {"text", "n", "image_weight"}
+PHOTO_FIELDS = {"look", *GARMENT_FIELDS}  # only with a photo: its garments, and which to search for
+QUERY_FIELDS = {"text", "n", "image_weight", *PHOTO_FIELDS}
 UPLOAD_TYPES = ("multipart/form-data",)
 
 
@@ -62,6 +64,18 @@ def parse_weight(value, *, from_text: bool = False) -> float:
     return float(value)
 
 
+def parse_flag(value, field: str, *, from_text: bool = False) -> bool:
+    """A JSON true/false; in a form or query string also 1/0, yes/no, on/off."""
+    if from_text and isinstance(value, str) and value.strip().lower() in TRUTHY | FALSY:
+        return value.strip().lower() in TRUTHY
+    if not isinstance(value, bool):
+        raise BadRequest(f"{field} must be true or false.", field=field)
+    return value
+
+
+TRUTHY, FALSY = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
 def image_url(product: str, file: str) -> str:
     path = f"/images/{quote(product, safe='')}/{quote(file, safe='')}"
     base = current_app.config["SEARCH"].public_base_url
@@ -82,10 +96,13 @@ def _photos():
 
 
 class _Query:
-    """One query's parsed parts: text, and a photo (its bytes, or the URL to fetch them from)."""
+    """One query's parsed parts: text, and a photo (its bytes, or the URL to fetch them from),
+    with the garments to search for in it and whether to answer per garment (`look`)."""
 
-    def __init__(self, *, text: str | None, n: int, weight: float, photo: bytes | None, photo_url: str | None):
+    def __init__(self, *, text: str | None, n: int, weight: float, photo: bytes | None, photo_url: str | None,
+                 garments: GarmentOptions = GarmentOptions(), look: bool = False):
         self.text, self.n, self.weight, self.photo, self.photo_url = text, n, weight, photo, photo_url
+        self.garments, self.look = garments, look
 
     @property
     def has_photo(self) -> bool:
@@ -101,7 +118,7 @@ class _Query:
 def _read_query(*, with_n: bool = True) -> _Query:
     """A query from JSON {text, image_url, n, image_weight}, a multipart form (`file`, text, n,
     image_weight) or a raw image/* body (text, n, image_weight in the query string)."""
-    fields = QUERY_FIELDS if with_n else {"text"}
+    fields = QUERY_FIELDS if with_n else {"text", *GARMENT_FIELDS}
     got = read_image_request(fields, json_fields={"image_url"}, file_required=False)
     raw_text = got.fields.get("text")
     photo_url = url_field(got.fields["image_url"], "image_url") if "image_url" in got.fields else None
@@ -109,6 +126,10 @@ def _read_query(*, with_n: bool = True) -> _Query:
     has_photo = photo is not None or photo_url is not None
     if has_photo:
         _photos()  # refused before any work when photo queries are off
+    else:
+        for name in sorted(PHOTO_FIELDS & set(got.fields)):
+            raise BadRequest(f"{name} applies to a photo's garments: send a photo (image_url, file or an "
+                             "image/* body) with it.", field=name)
     # A page's empty text box next to a photo is no text; without a photo, text is required.
     text = None if has_photo and (raw_text is None or (isinstance(raw_text, str) and not raw_text.strip())) \
         else parse_text(raw_text)
@@ -117,21 +138,37 @@ def _read_query(*, with_n: bool = True) -> _Query:
     config = current_app.config["SEARCH"]
     weight = (parse_weight(got.fields["image_weight"], from_text=from_text) if "image_weight" in got.fields
               else config.image_weight)
-    return _Query(text=text, n=n, weight=weight, photo=photo, photo_url=photo_url)
+    garments = parse_garment_options(got.fields, current_app.extensions["garment_vocabulary"])
+    look = parse_flag(got.fields["look"], "look", from_text=from_text) if "look" in got.fields else False
+    return _Query(text=text, n=n, weight=weight, photo=photo, photo_url=photo_url, garments=garments, look=look)
+
+
+def _text_vector(searcher, query: _Query) -> np.ndarray | None:
+    if query.text is None:
+        return None
+    with timed(stage_timings(), "embed_text"):
+        return searcher.embed_query(query.text)
 
 
 def _query_vector(searcher, query: _Query) -> np.ndarray:
-    """The text's embedding, the photo's garment embedding, or their blend."""
-    text_vector = None
-    if query.text is not None:
-        with timed(stage_timings(), "embed_text"):
-            text_vector = searcher.embed_query(query.text)
+    """The text's embedding, the photo's garment embedding (all the garments it keeps together,
+    as the indexer embeds a catalog photo), or their blend."""
+    text_vector = _text_vector(searcher, query)
     if not query.has_photo:
         return text_vector
-    photo_vector = _photos().embed(query.photo_bytes(), stage_timings())
+    photo_vector = _photos().embed(query.photo_bytes(), stage_timings(), query.garments)
     if text_vector is None:
         return photo_vector
     return searcher.blend(text_vector, photo_vector, query.weight)
+
+
+def _look_vectors(searcher, query: _Query):
+    """Each garment of the query photo with its query vector (blended with the text, if any)."""
+    text_vector = _text_vector(searcher, query)
+    garments = _photos().look(query.photo_bytes(), stage_timings(), query.garments)
+    if text_vector is not None:
+        garments = [(garment, searcher.blend(text_vector, vector, query.weight)) for garment, vector in garments]
+    return garments
 
 
 def _results_json(results) -> list[dict]:
@@ -154,10 +191,42 @@ def _ranked(searcher, what, *args):
 
 @bp.post("/")
 def search():
+    """Text: its products. A photo: by default the products ranked by their best match over the
+    photo's garments (each embedded on its own); with `look`, one result list per garment."""
     searcher = _searcher()
     query = _read_query()
-    vector = _query_vector(searcher, query)
-    return jsonify(_results_json(_ranked(searcher, searcher.search_vector, vector, query.n, query.text)))
+    if not query.has_photo:
+        return jsonify(_results_json(_ranked(searcher, searcher.search_vector, _text_vector(searcher, query),
+                                             query.n, query.text)))
+    garments = _look_vectors(searcher, query)
+    if not query.look:
+        vectors = [vector for _, vector in garments]
+        return jsonify(_results_json(_ranked(searcher, searcher.search_vectors, vectors, query.n, query.text)))
+    return jsonify({
+        "classes": list(query.garments.classes), "classes_source": query.garments.source,
+        "garments": [{"class": garment.garment_class, "box": list(garment.box),
+                      "results": _results_json(_ranked(searcher, searcher.search_vector, vector, query.n, query.text))}
+                     for garment, vector in garments],
+    })
+
+
+@bp.get("/products/<product>")
+def product_record(product: str):
+    """A product as the index holds it: its images and the garment classes its masks kept."""
+    searcher = _searcher()
+    reject_unknown_fields(request.args.to_dict(), set())
+    index = searcher.index
+    row = index.products.find(product)
+    if row is None:
+        raise NotFound(f"No product {product!r} in the index.")
+    fallbacks = index.image_fallbacks
+    choice = index.product_garments(row)
+    return jsonify({
+        "product_name": product,
+        "images": [{"file": index.image_files[i], "url": image_url(product, index.image_files[i]),
+                    "garment_fallback": bool(fallbacks[i])} for i in index.image_rows(row)],
+        "garment_classes": {"classes": list(choice.classes), "source": choice.source, "garment": choice.garment},
+    })
 
 
 @bp.get("/products/<product>/similar")

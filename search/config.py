@@ -93,10 +93,16 @@ class SearchConfig:
     max_upload_bytes: int = 20 * 1024 * 1024  # multipart and raw image bodies
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     fetch: FetchPolicy = field(default_factory=FetchPolicy)  # image_url, as the bg service fetches
+    # A photo's garment is searched for on its own when it covers at least this share of the photo
+    look_min_fraction: float = 0.01
+    # GARMENT_VOCABULARY: the product-text -> garment classes file (default: the one shipped in shared/)
+    vocabulary_path: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.image_weight <= 1.0:
             raise ValueError(f"SEARCH_IMAGE_WEIGHT must be within 0..1, not {self.image_weight}")
+        if not 0.0 < self.look_min_fraction <= 1.0:
+            raise ValueError(f"SEARCH_LOOK_MIN_FRACTION must be within (0, 1], not {self.look_min_fraction}")
         # Resolved once, against the working directory at start: a relative path must not be
         # read later against another base (Flask resolves relative folders against the package).
         object.__setattr__(self, "index_dir", os.path.abspath(self.index_dir))
@@ -125,4 +131,6 @@ class SearchConfig:
             max_upload_bytes=int(env.get("SEARCH_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
             max_image_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_image_pixels)),
             fetch=FetchPolicy.from_env(env),
+            look_min_fraction=float(env.get("SEARCH_LOOK_MIN_FRACTION", cls.look_min_fraction)),
+            vocabulary_path=env.get("GARMENT_VOCABULARY") or None,
         )

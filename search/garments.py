@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import Unprocessable
-from shared.images import CROP_MARGIN, DecodedImage, crop_to_mask
+from shared.garment_vocabulary import GARMENT_CLASSES
+from shared.images import CROP_MARGIN, DecodedImage, crop_to_mask, flatten_onto_black
 
 log = logging.getLogger("fashion.index")
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -28,10 +29,56 @@ class GarmentServiceError(RuntimeError):
     garment or "no garment". The build must stop: skipping would drop images silently."""
 
 
+LABEL_CLASSES = {1: "upper", 2: "lower", 3: "full", 255: None}  # the bg label map's codes (255: a flat-lay)
+DEFAULT_LOOK_MIN_FRACTION = 0.01  # a look's garment covers at least this share of the photo
+
+
 @dataclass
 class Cutout:
     picture: Image.Image  # the garment on black, cropped to it
     source: str  # "garment" (a person's clothes) or "product" (flat-lay matte): which settings made it
+    classes: tuple[str, ...] = GARMENT_CLASSES  # the garment classes kept
+    fallback: bool = False  # the classes asked for found no garment: all garments were kept
+
+
+@dataclass
+class LookGarment:
+    """One garment of a photo, cut out on its own (a "shop the look" query)."""
+
+    garment_class: str | None  # upper | lower | full; None for a flat-lay's product (class unknown)
+    picture: Image.Image  # the garment alone on black, cropped to its box plus the margin
+    box: tuple[int, int, int, int]  # (left, top, right, bottom) of its pixels in the decoded photo
+
+
+def look_garments(decoded: DecodedImage, labels: np.ndarray, min_fraction: float) -> list[LookGarment]:
+    """Each garment class of a label map (POST /labels' codes) that covers at least `min_fraction`
+    of the photo, cut out as the indexer cuts a photo out (on black, hard mask, cropped to its box
+    plus the margin): a photo that shows one garment gives exactly the catalog's cut-out."""
+    flat = flatten_onto_black(decoded.rgb, decoded.alpha)
+    if labels.shape != (flat.height, flat.width):
+        raise ValueError(f"label map {labels.shape[::-1]} does not match the photo {flat.size}")
+    garments = []
+    for code, name in LABEL_CLASSES.items():
+        mask = labels == code
+        if mask.sum() < min_fraction * labels.size:
+            continue
+        plane = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+        picture = Image.new("RGB", flat.size, (0, 0, 0))
+        picture.paste(flat, mask=plane)
+        rows, cols = np.nonzero(mask)
+        box = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+        garments.append(LookGarment(name, crop_to_mask(picture, np.asarray(plane)), box))
+    return garments
+
+
+def class_params(classes: tuple[str, ...], fallback: bool) -> dict:
+    """The bg service's query parameters for a class choice (none for the defaults)."""
+    params = {}
+    if tuple(classes) != GARMENT_CLASSES:
+        params["classes"] = ",".join(classes)
+        if fallback:  # all garments are the fallback: moot when they are asked for
+            params["fallback"] = "all"
+    return params
 
 
 def with_crop(pipeline_identity: dict) -> dict:
@@ -43,12 +90,14 @@ def with_crop(pipeline_identity: dict) -> dict:
 class _Garments:
     identity: dict
 
-    def garments(self, batch: list[DecodedImage]) -> list[Cutout | Unprocessable]:
-        """garment() for each photo; "no garment" comes back in its place instead of raised."""
+    def garments(self, batch: list[DecodedImage], classes: list[tuple[str, ...]] | None = None,
+                 fallback: bool = False) -> list[Cutout | Unprocessable]:
+        """garment() for each photo (with its own classes: each product's garment); "no garment"
+        comes back in its place instead of raised."""
         results = []
-        for decoded in batch:
+        for i, decoded in enumerate(batch):
             try:
-                results.append(self.garment(decoded))
+                results.append(self.garment(decoded, classes[i] if classes else GARMENT_CLASSES, fallback))
             except Unprocessable as exc:
                 results.append(exc)
         return results
@@ -78,16 +127,26 @@ class LocalGarments(_Garments):
     def identity(self) -> dict:
         return with_crop(self.pipeline.identity())
 
-    def garment(self, decoded: DecodedImage) -> Cutout:
-        """The garment on black, cropped to it. Raises Unprocessable when there is none."""
-        picture, result = self.pipeline.cut_out(decoded)
-        return Cutout(crop_to_mask(picture, result.mask), result.source)
+    @staticmethod
+    def _cutout(picture: Image.Image, result) -> Cutout:
+        return Cutout(crop_to_mask(picture, result.mask), result.source, result.classes, result.fallback)
 
-    def garments(self, batch: list[DecodedImage]) -> list[Cutout | Unprocessable]:
+    def garment(self, decoded: DecodedImage, classes: tuple[str, ...] = GARMENT_CLASSES,
+                fallback: bool = False) -> Cutout:
+        """The garment on black, cropped to it. Raises Unprocessable when there is none."""
+        return self._cutout(*self.pipeline.cut_out(decoded, classes, fallback=fallback))
+
+    def garments(self, batch: list[DecodedImage], classes: list[tuple[str, ...]] | None = None,
+                 fallback: bool = False) -> list[Cutout | Unprocessable]:
         """The whole batch through each model at once (BG_BACKEND=torch batches on a GPU)."""
-        return [result if isinstance(result, Unprocessable) else Cutout(crop_to_mask(result[0], result[1].mask),
-                                                                         result[1].source)
-                for result in self.pipeline.cut_outs(batch)]
+        return [result if isinstance(result, Unprocessable) else self._cutout(*result)
+                for result in self.pipeline.cut_outs(batch, classes or GARMENT_CLASSES, fallback=fallback)]
+
+    def look(self, decoded: DecodedImage, classes: tuple[str, ...] = GARMENT_CLASSES, fallback: bool = False,
+             min_fraction: float = DEFAULT_LOOK_MIN_FRACTION) -> list[LookGarment]:
+        """Each garment of the photo on its own, from one pipeline run. Raises Unprocessable."""
+        result = self.pipeline.garment_mask(decoded.rgb, classes, decoded.alpha, fallback=fallback, labels=True)
+        return look_garments(decoded, result.labels, min_fraction)
 
 
 def retrying_session(retries: int, backoff: float):
@@ -148,14 +207,15 @@ class RemoteGarments(_Garments):
             self._identity = with_crop(response.json()["garment_pipeline"])
         return self._identity
 
-    def garment(self, decoded: DecodedImage) -> Cutout:
-        buf = io.BytesIO()  # the service flattens matted input itself (GarmentPipeline.cut_out)
+    def _post_photo(self, path: str, decoded: DecodedImage, params: dict):
+        """The photo as PNG (the service flattens matted input itself, GarmentPipeline.cut_out);
+        the answer when it is 200, Unprocessable for 422 (no garment), else GarmentServiceError."""
+        buf = io.BytesIO()
         rgba = decoded.rgb.convert("RGBA")
         if decoded.alpha is not None:
             rgba.putalpha(Image.fromarray(decoded.alpha, "L"))
         rgba.save(buf, "PNG", compress_level=1)
-        response = self._call("POST", "", params={"format": "png"}, data=buf.getvalue(),
-                              headers={"Content-Type": "image/png"})
+        response = self._call("POST", path, params=params, data=buf.getvalue(), headers={"Content-Type": "image/png"})
         if response.status_code == 422:  # the one answer that means "skip this image"
             raise Unprocessable(self._detail(response) or "no garment found")
         if response.status_code != 200:
@@ -163,6 +223,20 @@ class RemoteGarments(_Garments):
             raise GarmentServiceError(
                 f"{self.description} answered {response.status_code}{retried}: "
                 f"{self._detail(response) or response.reason}")
+        return response
+
+    def garment(self, decoded: DecodedImage, classes: tuple[str, ...] = GARMENT_CLASSES,
+                fallback: bool = False) -> Cutout:
+        response = self._post_photo("", decoded, {"format": "png", **class_params(classes, fallback)})
         cutout = Image.open(io.BytesIO(response.content))
         mask = np.asarray(cutout.getchannel("A"))
-        return Cutout(crop_to_mask(cutout.convert("RGB"), mask), response.headers.get("X-Mask-Source", "garment"))
+        kept = tuple(response.headers.get("X-Garment-Classes", ",".join(classes)).split(","))
+        return Cutout(crop_to_mask(cutout.convert("RGB"), mask), response.headers.get("X-Mask-Source", "garment"),
+                      kept, response.headers.get("X-Garment-Fallback") == "true")
+
+    def look(self, decoded: DecodedImage, classes: tuple[str, ...] = GARMENT_CLASSES, fallback: bool = False,
+             min_fraction: float = DEFAULT_LOOK_MIN_FRACTION) -> list[LookGarment]:
+        """Each garment of the photo on its own, cut from the service's label map (POST /labels)."""
+        response = self._post_photo("labels", decoded, class_params(classes, fallback))
+        labels = np.asarray(Image.open(io.BytesIO(response.content)).convert("L"))
+        return look_garments(decoded, labels, min_fraction)

@@ -42,6 +42,7 @@ from search.store import (
 )
 from search.vectors.faiss_ann import ANN_KINDS
 from shared.errors import ProblemError, Unprocessable
+from shared.garment_vocabulary import GARMENT_CLASSES, GarmentChoice, Vocabulary
 from shared.images import DecodedImage, decode_image
 
 __all__ = ["FORMAT_VERSION", "Index", "IndexLoadError", "build_index", "pool", "scan_catalog"]
@@ -55,6 +56,7 @@ class CatalogImage:
     product: str
     file: str
     sha256: str
+    classes: tuple[str, ...] = GARMENT_CLASSES  # the product's garment classes (from its text)
 
     @property
     def relpath(self) -> str:
@@ -139,6 +141,8 @@ class BuildReport:
     duplicates: list[dict] = field(default_factory=list)
     reembedded: Counter = field(default_factory=Counter)  # why each embedded image was (re-)embedded
     pipeline_changes: list[str] = field(default_factory=list)
+    choices: dict[str, GarmentChoice] = field(default_factory=dict)  # product -> its garment classes
+    reembedded_products: set[str] = field(default_factory=set)  # products whose images were (re-)embedded
     seconds: float = 0.0
 
 
@@ -154,9 +158,11 @@ def identity_changes(old, new, prefix: str = "") -> list[str]:
 class Reusable:
     """What an --update may keep from the previous index."""
 
-    rows: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (relpath, sha256) -> (vector, thumb, source)
+    # (relpath, sha256) -> (vector, thumb, source, fallback)
+    rows: dict[tuple[str, str], tuple] = field(default_factory=dict)
     previous_sha: dict[str, str] = field(default_factory=dict)  # relpath -> sha256 of every previous image
     stale: set[str] = field(default_factory=set)  # relpaths whose mask settings changed
+    classes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # product -> the classes its masks kept
 
 
 def _reusable(out: Path, identity: dict, garment_id: dict, report: BuildReport) -> Reusable:
@@ -181,13 +187,15 @@ def _reusable(out: Path, identity: dict, garment_id: dict, report: BuildReport) 
     sources, sha, thumbs = (old.builder[k] for k in ("image_sources", "image_sha256", "thumbs"))
     for product in range(len(old.products)):
         name = old.products[product]
+        reusable.classes[name] = old.product_garments(product).classes
         for row in old.image_rows(product):
             relpath, source = f"{name}/{old.image_files[row]}", SOURCES[sources[row]]
             reusable.previous_sha[relpath] = digest = sha[row].tobytes().hex()
             if changed_parts & {"shared", "crop", source} or source not in garment_id:
                 reusable.stale.add(relpath)
                 continue
-            reusable.rows[(relpath, digest)] = (np.array(old.image_embeddings[row]), np.array(thumbs[row]), source)
+            reusable.rows[(relpath, digest)] = (np.array(old.image_embeddings[row]), np.array(thumbs[row]), source,
+                                                bool(old.image_fallbacks[row]))
     return reusable
 
 
@@ -223,7 +231,9 @@ def decode_batch(catalog: Path, batch: list[CatalogImage], max_side: int) -> lis
 
 def embed_batch(catalog: Path, batch: list[CatalogImage], embedder, garments,
                 decoded: list[DecodedImage | str] | None = None) -> list[tuple[str, tuple | str]]:
-    """Each image's (vector, thumbnail, source), or the reason it is skipped, keyed by relpath.
+    """Each image's (vector, thumbnail, source, fallback), or the reason it is skipped, keyed by
+    relpath. Each image keeps its product's garment classes, or all garments where those find
+    none (`fallback`: never an image dropped for it).
     The batch goes through each model in one call; a build gets the same vectors whichever
     process runs it. `decoded`: the batch already decoded (by a decode pool ahead of the models)."""
     if decoded is None:
@@ -231,7 +241,8 @@ def embed_batch(catalog: Path, batch: list[CatalogImage], embedder, garments,
     results = [(im.relpath, d) for im, d in zip(batch, decoded, strict=True) if isinstance(d, str)]
     readable = [(im, d) for im, d in zip(batch, decoded, strict=True) if not isinstance(d, str)]
     kept, cutouts = [], []
-    for (im, _), cutout in zip(readable, garments.garments([d for _, d in readable]), strict=True):
+    cutouts_or_reasons = garments.garments([d for _, d in readable], [im.classes for im, _ in readable], fallback=True)
+    for (im, _), cutout in zip(readable, cutouts_or_reasons, strict=True):
         if isinstance(cutout, Unprocessable):  # the only per-image answer that means "skip"
             results.append((im.relpath, f"no garment: {cutout.detail}"))
         else:
@@ -240,7 +251,7 @@ def embed_batch(catalog: Path, batch: list[CatalogImage], embedder, garments,
     if kept:
         vectors = embedder.encode_images([c.picture for c in cutouts])
         for im, vector, cutout in zip(kept, vectors, cutouts, strict=True):
-            results.append((im.relpath, (vector, thumbnail(cutout.picture), cutout.source)))
+            results.append((im.relpath, (vector, thumbnail(cutout.picture), cutout.source, cutout.fallback)))
     return results
 
 
@@ -333,19 +344,24 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
                 batch_size: int = 16, update: bool = False, dup_threshold: float = 0.97,
                 progress: bool = True, ann: str | None = None, ann_params: dict | None = None,
                 workers: int = 1, models: BuildModels | None = None, ray: str | None = None,
-                decode_workers: int = 0) -> BuildReport:
+                decode_workers: int = 0, vocabulary: Vocabulary | None = None) -> BuildReport:
     """Embed every catalog image's garment and write the index. Images that cannot be read or
     hold no garment are skipped and listed with the reason; anything else that fails (the
     bg-removal service down after its retries, a model error) stops the build and leaves the
     previous index as it was. `ann` adds a FAISS approximate index of that kind (see
     search/vectors/faiss_ann.py); an --update keeps the previous index's kind unless told
-    otherwise ("none" drops it)."""
+    otherwise ("none" drops it). Each product keeps only its own garment: `vocabulary` (default:
+    the shipped one) chooses its classes from its name."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}")
     started = time.perf_counter()
     report = BuildReport()
     images, report.warnings = scan_catalog(catalog)
     report.images = len(images)
+    vocabulary = vocabulary or Vocabulary.load()
+    report.choices = {name: vocabulary.choose(name) for name in sorted({im.product for im in images})}
+    for im in images:
+        im.classes = report.choices[im.product].classes
     identity = embedder.identity
     garment_id = garments.identity
     reuse = _reusable(out, identity, garment_id, report) if update else Reusable()
@@ -355,11 +371,11 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
     if ann == "none":
         ann = None
 
-    done: dict[str, tuple] = {}  # relpath -> (vector, thumb, source)
+    done: dict[str, tuple] = {}  # relpath -> (vector, thumb, source, fallback)
     pending = []
     for im in images:
         cached = reuse.rows.get((im.relpath, im.sha256))
-        if cached is not None:
+        if cached is not None and reuse.classes.get(im.product) == im.classes:
             done[im.relpath] = cached
             report.reused += 1
         else:
@@ -370,7 +386,9 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
             return "new image" if update else "full build"
         if reuse.previous_sha[im.relpath] != im.sha256:
             return "changed image"
-        return "pipeline changed" if im.relpath in reuse.stale else "skipped before"
+        if im.relpath in reuse.stale:
+            return "pipeline changed"
+        return "garment classes changed" if reuse.classes.get(im.product) != im.classes else "skipped before"
 
     by_relpath = {im.relpath: im for im in pending}
     batches = [pending[first:first + batch_size] for first in range(0, len(pending), batch_size)]
@@ -384,6 +402,7 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
                 continue
             done[relpath] = outcome
             report.reembedded[why(by_relpath[relpath])] += 1
+            report.reembedded_products.add(by_relpath[relpath].product)
             report.embedded += 1
     bar.close()
 
@@ -416,7 +435,10 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         counts=counts, product_names=names, image_files=[im.file for im in kept],
         image_sha256=[im.sha256 for im in kept], image_sources=[done[im.relpath][2] for im in kept],
         thumbs=np.stack([done[im.relpath][1] for im in kept]),
+        product_garments=[report.choices[name] for name in names],
+        image_fallbacks=[bool(done[im.relpath][3]) for im in kept],
     )
+    fallback_products = {im.product for im in kept if done[im.relpath][3]}
     write_index(out, content, {
         "embedder": identity,
         "garment_pipeline": garment_id,
@@ -426,6 +448,14 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         "catalog_dir": str(catalog.resolve()),
         "catalog_fingerprint": catalog_fingerprint(images),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "garment_classes": {
+            "vocabulary": {"path": str(vocabulary.path) if vocabulary.path else None, "sha256": vocabulary.sha256,
+                           "version": vocabulary.version},
+            "products_from_text": sum(report.choices[name].source == "product" for name in names),
+            "products_all_classes": sum(report.choices[name].source == "all" for name in names),
+            "products_with_fallback": len(fallback_products),
+            "fallback_images": sum(bool(done[im.relpath][3]) for im in kept),
+        },
         "skipped": report.skipped,
     }, extra=add_ann)
     index = Index.load(out, for_building=True)
@@ -446,6 +476,7 @@ def print_report(report: BuildReport, out: Path) -> None:
         print("background-removal pipeline changed: " + "; ".join(report.pipeline_changes))
     if report.reembedded:
         print("embedded because: " + ", ".join(f"{why} {n}" for why, n in report.reembedded.most_common()))
+    print(garment_summary_line(Index.load(out).meta.get("garment_classes", {})))
     for entry in report.skipped:
         print(f"skipped: {entry['image']}: {entry['reason']}")
     if report.duplicates:
@@ -456,6 +487,31 @@ def print_report(report: BuildReport, out: Path) -> None:
                   f"(embedding cosine up to {d['max_embedding_cosine']}, pixels up to {d['max_pixel_similarity']})")
     else:
         print("no near-duplicate images across products")
+
+
+def garment_summary(index: Index) -> dict:
+    """How each product's garment classes were chosen, counted from the index's own arrays."""
+    choices = [index.product_garments(row) for row in range(len(index.products))]
+    fallbacks = np.asarray(index.image_fallbacks, bool)
+    with_fallback = sum(bool(fallbacks[index.image_rows(row)].any()) for row in range(len(index.products)))
+    return {
+        "recorded": index.garment_arrays is not None,  # False: built before product-only masks (all classes)
+        "products_from_text": sum(c.source == "product" for c in choices),
+        "products_all_classes": sum(c.source == "all" for c in choices),
+        "products_with_fallback": with_fallback,
+        "fallback_images": int(fallbacks.sum()),
+        "classes_chosen": dict(Counter(",".join(c.classes) for c in choices).most_common()),
+        **({"vocabulary": index.meta["garment_classes"]["vocabulary"]} if "garment_classes" in index.meta else {}),
+    }
+
+
+def garment_summary_line(summary: dict) -> str:
+    if not summary:
+        return "garment classes: not recorded (an index built before product-only masks keeps all classes)"
+    return (f"garment classes: {summary['products_from_text']} products from their text, "
+            f"{summary['products_all_classes']} with all classes (their text names no garment); "
+            f"{summary['fallback_images']} images of {summary['products_with_fallback']} products fell back to "
+            "all garments (their classes found none)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="processes decoding photos ahead of the models (default: 0 on the CPU, where the models "
                             "use every core; up to 8 with DEVICE=cuda, so the GPU never waits)")
     build.add_argument("--dup-threshold", type=float, default=0.97, help="embedding cosine for the duplicate report")
+    build.add_argument("--vocabulary", type=Path, default=os.environ.get("GARMENT_VOCABULARY") or None,
+                       help="the product-text -> garment classes file (default: GARMENT_VOCABULARY, else the one "
+                            "shipped in shared/garment_vocabulary.json)")
     build.add_argument("--bg-url", default=os.environ.get("BG_SERVICE_URL"),
                        help="use a running bg-removal service instead of the in-process pipeline")
     build.add_argument("--bg-retries", type=int, default=5,
@@ -513,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         index = Index.load(args.index)
         meta = {k: v for k, v in index.meta.items() if k != "skipped"}
-        print(json.dumps({**meta, "skipped": len(index.meta.get("skipped", []))}, indent=1))
+        summary = garment_summary(index)
+        print(json.dumps({**meta, "skipped": len(index.meta.get("skipped", [])), "garment_classes": summary}, indent=1))
+        print(garment_summary_line(summary if summary["recorded"] else {}), file=sys.stderr)
         return 0
 
     from search.garments import GarmentServiceError
@@ -529,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
                              batch_size=batch_size, update=args.update, dup_threshold=args.dup_threshold,
                              ann=args.ann, ann_params=dict(args.ann_param), workers=workers, models=models,
-                             ray=args.ray, decode_workers=decode_workers)
+                             ray=args.ray, decode_workers=decode_workers,
+                             vocabulary=Vocabulary.load(args.vocabulary))
     except GarmentServiceError as exc:
         print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
         return 1

@@ -4,12 +4,14 @@ or the bg-removal service), crop to it, embed with the image tower. Plain Python
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
-from search.garments import GarmentServiceError, LocalGarments, RemoteGarments
-from shared.errors import NotReady
-from shared.images import decode_opened, open_image
+from search.garments import DEFAULT_LOOK_MIN_FRACTION, GarmentServiceError, LocalGarments, RemoteGarments
+from shared.errors import NotReady, Unprocessable
+from shared.garment_request import GarmentOptions
+from shared.images import decode_opened, open_image, upright_size
 from shared.timing import timed
 
 log = logging.getLogger("fashion.search")
@@ -32,10 +34,12 @@ def open_garments(config):
 class PhotoEmbedder:
     """One photo's garment embedding, with the time of each stage."""
 
-    def __init__(self, garments, encoder, *, index_meta: dict, max_pixels: int):
+    def __init__(self, garments, encoder, *, index_meta: dict, max_pixels: int,
+                 look_min_fraction: float = DEFAULT_LOOK_MIN_FRACTION):
         self.garments = garments
         self.encoder = encoder
         self.max_pixels = max_pixels
+        self.look_min_fraction = look_min_fraction
         self.index_pipeline = index_meta.get("garment_pipeline")
         shared = (self.index_pipeline or {}).get("shared", {})
         # Decoded as the indexer decodes catalog photos (memory bounded whatever the upload's size).
@@ -56,16 +60,45 @@ class PhotoEmbedder:
             log.warning("photo queries: the garment pipeline of %s differs from the one the index was built "
                         "with; photo results may be worse than the catalog's own", self.garments.description)
 
-    def embed(self, data: bytes, timings: dict[str, float]) -> np.ndarray:
-        """Raises the ProblemError that says what is wrong: 413/415/422 for the photo (422 also
-        when it shows no garment), 503 when the bg-removal service cannot answer."""
+    def _decode(self, data: bytes, timings: dict[str, float]):
+        """The photo at the working size, and its upright size as sent."""
         with timed(timings, "decode"):
-            decoded = decode_opened(open_image(data, max_pixels=self.max_pixels), max_side=self.working_max_side)
+            opened = open_image(data, max_pixels=self.max_pixels)
+            size = upright_size(opened.image)
+            return decode_opened(opened, max_side=self.working_max_side), size
+
+    def _garment_step(self, timings: dict[str, float], step):
         try:
             with timed(timings, "garment"):
                 self._check_pipeline()
-                cutout = self.garments.garment(decoded)
+                return step()
         except GarmentServiceError as exc:
             raise NotReady(f"The garment step is unavailable: {exc}", headers={"Retry-After": "5"}) from None
+
+    def embed(self, data: bytes, timings: dict[str, float], garments: GarmentOptions = GarmentOptions()) -> np.ndarray:
+        """The vector of the photo's garments together (`garments` chooses which), as the indexer
+        embeds a catalog photo. Raises the ProblemError that says what is wrong: 413/415/422 for
+        the photo (422 also when it shows no garment), 503 when the bg-removal service cannot answer."""
+        decoded, _ = self._decode(data, timings)
+        cutout = self._garment_step(timings, lambda: self.garments.garment(decoded, garments.classes, garments.fallback))
         with timed(timings, "embed_image"):
             return self.encoder.encode_images([cutout.picture])[0]
+
+    def look(self, data: bytes, timings: dict[str, float], garments: GarmentOptions = GarmentOptions()):
+        """Each garment of the photo (of the classes `garments` chooses) that covers at least
+        look_min_fraction of it, with its own vector: [(LookGarment with its box in the photo's
+        pixels as sent, vector)]. One garment step and one image-tower batch, whatever their number."""
+        decoded, size = self._decode(data, timings)
+        found = self._garment_step(timings, lambda: self.garments.look(
+            decoded, garments.classes, garments.fallback, self.look_min_fraction))
+        if not found:
+            raise Unprocessable(f"No garment ({', '.join(garments.classes)}) covers {self.look_min_fraction:.0%} "
+                                "of the photo or more.")
+        scale_x, scale_y = size[0] / decoded.size[0], size[1] / decoded.size[1]
+        for garment in found:  # boxes in the photo's own pixels, not the working size's
+            x0, y0, x1, y1 = garment.box
+            garment.box = (int(x0 * scale_x), int(y0 * scale_y),
+                           min(size[0], math.ceil(x1 * scale_x)), min(size[1], math.ceil(y1 * scale_y)))
+        with timed(timings, "embed_image"):
+            vectors = self.encoder.encode_images([garment.picture for garment in found])
+        return list(zip(found, vectors, strict=True))

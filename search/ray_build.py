@@ -44,27 +44,30 @@ class EmbedActor:
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from search.index import CatalogImage, embed_batch
 
-        batch = [CatalogImage(str(p), str(f), str(s)) for p, f, s in zip(rows["product"], rows["file"], rows["sha256"],
-                                                                          strict=True)]
+        batch = [CatalogImage(str(p), str(f), str(s), tuple(str(c).split(",")))
+                 for p, f, s, c in zip(rows["product"], rows["file"], rows["sha256"], rows["classes"], strict=True)]
         results = dict(embed_batch(self.catalog, batch, self.embedder, self.garments))
         dim = len(self.embedder.identity["probe"])
-        vectors, thumbs, sources, skipped = [], [], [], []
+        vectors, thumbs, sources, fallbacks, skipped = [], [], [], [], []
         for im in batch:
             outcome = results[im.relpath]
             if isinstance(outcome, str):
                 vectors.append(np.zeros(dim, np.float32))
                 thumbs.append(None)
                 sources.append("")
+                fallbacks.append(False)
                 skipped.append(outcome)
             else:
                 vectors.append(outcome[0])
                 thumbs.append(outcome[1])
                 sources.append(outcome[2])
+                fallbacks.append(outcome[3])
                 skipped.append("")
         thumb_shape = next((t.shape for t in thumbs if t is not None), (1,))
         thumbs = [t if t is not None else np.zeros(thumb_shape, np.float32) for t in thumbs]
         return {"relpath": np.array([im.relpath for im in batch]), "vector": np.stack(vectors),
-                "thumb": np.stack(thumbs), "source": np.array(sources), "skipped": np.array(skipped),
+                "thumb": np.stack(thumbs), "source": np.array(sources), "fallback": np.array(fallbacks, bool),
+                "skipped": np.array(skipped),
                 "models": np.array([self.fingerprint] * len(batch))}
 
 
@@ -106,7 +109,8 @@ def ray_batches(catalog: Path, batches: list, embedder, garments, models, addres
         if workers:
             size = min(size, workers)
         batch_size = max(1, len(batches[0])) if batches else 1
-        rows = [{"product": im.product, "file": im.file, "sha256": im.sha256} for batch in batches for im in batch]
+        rows = [{"product": im.product, "file": im.file, "sha256": im.sha256, "classes": ",".join(im.classes)}
+                for batch in batches for im in batch]
         log.info("Ray: %d images, %d actors (%s each), batches of %d", len(rows), size, resources, batch_size)
         dataset = ray.data.from_items(rows).map_batches(
             EmbedActor, fn_constructor_args=(models, str(catalog)), batch_size=batch_size, batch_format="numpy",
@@ -114,9 +118,10 @@ def ray_batches(catalog: Path, batches: list, embedder, garments, models, addres
         expected = models_fingerprint(embedder, garments)
         for out in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
             check_same_models(out["models"], expected, "Ray actor")
-            yield [(str(relpath), str(reason) if reason else (vector, thumb, str(source)))
-                   for relpath, vector, thumb, source, reason in zip(out["relpath"], out["vector"], out["thumb"],
-                                                                     out["source"], out["skipped"], strict=True)]
+            yield [(str(relpath), str(reason) if reason else (vector, thumb, str(source), bool(fallback)))
+                   for relpath, vector, thumb, source, fallback, reason in zip(
+                       out["relpath"], out["vector"], out["thumb"], out["source"], out["fallback"], out["skipped"],
+                       strict=True)]
     finally:
         if started_here:
             ray.shutdown()

@@ -78,6 +78,26 @@ class Searcher:
         `text`, when there is one, also scores the product names (name_weight)."""
         return self._results(query, self.rank(query, text, n))
 
+    def search_vectors(self, queries: list[np.ndarray], n: int, text: str | None = None) -> list[Result]:
+        """The n best products by their best score over several query vectors (a photo's
+        garments, each embedded on its own): each product once, shown by the image that matches
+        the vector it scored best with. Exact: a product in the top n by its best score is in the
+        top n of the vector that gives it that score."""
+        if len(queries) == 1:
+            return self.search_vector(queries[0], n, text)
+        best: dict[int, tuple[float, int]] = {}  # product row -> (score, which query)
+        for which, query in enumerate(queries):
+            hits = self.rank(query, text, n)
+            for row, score in zip(hits.rows.tolist(), hits.scores.tolist(), strict=True):
+                if row not in best or score > best[row][0]:
+                    best[row] = (score, which)
+        top = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:n]
+        results = []
+        for row, (score, which) in top:
+            image = self.store.best_images(queries[which], np.array([row], np.int64))[0]
+            results.append(Result(self.index.products[row], self.index.image_files[int(image)], float(score)))
+        return results
+
     def similar(self, product_name: str, n: int) -> list[Result]:
         """The n products nearest to that product's pooled vector, without itself ("more like
         this"). Raises KeyError for a product the index does not have."""

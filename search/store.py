@@ -12,6 +12,11 @@ Layout of an index folder:
         name_words.*.npy, name_postings*.npy   product-name words -> products (for the name score)
         image_sha256.npy, image_sources.npy, thumbs.npy   only the builder reads these (--update,
                                                           duplicate report); serving never maps them
+        product_classes.npy        [products] uint8, bit i = GARMENT_CLASSES[i] kept in its masks
+        product_class_sources.npy  [products] uint8, CLASS_SOURCES: chosen from the product's text, or all
+        product_garments.*.npy     the vocabulary garment its text named ("tunic"; "" for none)
+        image_fallbacks.npy        [images] uint8, 1 = its product's classes found no garment: all kept
+        (these four are absent in indexes built before product-only masks: all classes, no fallback)
 
 A build writes a new generation folder, then replaces meta.json in one atomic rename: a crash or a
 failed build leaves the previous index whole, and a worker that loads meanwhile sees either the old
@@ -37,9 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.garment_vocabulary import GARMENT_CLASSES, GarmentChoice
+
 FORMAT_VERSION = 2
 POOLINGS = ("max", "mean", "score-max")
 SOURCES = ("garment", "product")  # which branch of the bg pipeline made an image's mask
+CLASS_SOURCES = ("all", "product")  # where a product's garment classes came from (GarmentChoice.source)
 WORD = re.compile(r"[^\W\d_]+")  # letters only: drops the numeric prefix and id of folder names
 FINITE_CHECK_ROWS = 65536  # rows per block when checking for NaN/inf: bounded temporary memory
 EDGE_CHECK_ROWS = 1024  # image rows checked at each end of the matrix at load
@@ -140,6 +148,16 @@ SERVING_ARRAYS = ("image_embeddings", "product_embeddings", "product_starts", "p
                   "product_names.offsets", "image_files.utf8", "image_files.offsets", "name_words.utf8",
                   "name_words.offsets", "name_postings.offsets", "name_postings")
 BUILDER_ARRAYS = ("image_sha256", "image_sources", "thumbs")
+GARMENT_ARRAYS = ("product_classes", "product_class_sources", "product_garments.utf8", "product_garments.offsets",
+                  "image_fallbacks")  # optional: older indexes kept all classes
+
+
+def class_bits(classes: Sequence[str]) -> int:
+    return sum(1 << GARMENT_CLASSES.index(c) for c in classes)
+
+
+def bits_classes(bits: int) -> tuple[str, ...]:
+    return tuple(c for i, c in enumerate(GARMENT_CLASSES) if bits >> i & 1)
 
 
 def _advise(array: np.ndarray, advice: int) -> None:
@@ -168,6 +186,7 @@ class Index:
     image_files: StringTable  # file name of each image row
     names: NameIndex
     builder: dict | None = None  # image_sha256, image_sources, thumbs: only when loaded for building
+    garment_arrays: dict | None = None  # GARMENT_ARRAYS, None for an index built before them
 
     @property
     def pooling(self) -> str:
@@ -186,6 +205,22 @@ class Index:
         if self.builder is None:
             raise RuntimeError("thumbs are only loaded for building (Index.load(..., for_building=True))")
         return self.builder["thumbs"]
+
+    def product_garments(self, product: int) -> GarmentChoice:
+        """The garment classes the product's masks kept, and where the choice came from."""
+        if self.garment_arrays is None:
+            return GarmentChoice(GARMENT_CLASSES, "all")
+        a = self.garment_arrays
+        garment = StringTable(a["product_garments.utf8"], a["product_garments.offsets"])[product] or None
+        return GarmentChoice(bits_classes(int(a["product_classes"][product])),
+                             CLASS_SOURCES[int(a["product_class_sources"][product])], garment)
+
+    @property
+    def image_fallbacks(self) -> np.ndarray:
+        """Per image row: 1 where its product's classes found no garment and all were kept."""
+        if self.garment_arrays is None:
+            return np.zeros(len(self.image_files), np.uint8)
+        return self.garment_arrays["image_fallbacks"]
 
     def image_rows(self, product: int) -> range:
         return range(int(self.product_starts[product]), int(self.product_starts[product + 1]))
@@ -253,7 +288,8 @@ class Index:
         if not meta.get("generation") or not generation.is_dir():
             raise IndexLoadError(f"index at {directory} is missing its arrays folder {generation.name!r}")
         arrays = {}
-        for name in SERVING_ARRAYS + (BUILDER_ARRAYS if for_building else ()):
+        has_garments = (generation / "product_classes.npy").is_file()
+        for name in SERVING_ARRAYS + (BUILDER_ARRAYS if for_building else ()) + (GARMENT_ARRAYS if has_garments else ()):
             path = generation / f"{name}.npy"
             if not path.is_file():
                 raise IndexLoadError(f"index at {directory} is missing {generation.name}/{path.name}")
@@ -282,6 +318,13 @@ class Index:
         if for_building:
             ok = ok and a["thumbs"].shape[0] == n_images and a["image_sha256"].shape == (n_images, 32) \
                 and a["image_sources"].shape == (n_images,)
+        garments = {k: a[k] for k in GARMENT_ARRAYS} if "product_classes" in a else None
+        if garments is not None:
+            ok = ok and garments["product_classes"].shape == garments["product_class_sources"].shape == (n_products,) \
+                and len(garments["product_garments.offsets"]) == n_products + 1 \
+                and garments["image_fallbacks"].shape == (n_images,) \
+                and bool((garments["product_class_sources"] < len(CLASS_SOURCES)).all()) \
+                and bool(((garments["product_classes"] > 0) & (garments["product_classes"] < 8)).all())
         if not ok:
             raise ValueError("shapes or types")
         # Product rows are scored by every query: check all of them. Image rows are only read for
@@ -300,7 +343,7 @@ class Index:
         builder = {k: a[k] for k in BUILDER_ARRAYS} if for_building else None
         return cls(directory, meta, images, products, starts,
                    StringTable(a["product_names.utf8"], a["product_names.offsets"]),
-                   StringTable(a["image_files.utf8"], a["image_files.offsets"]), names, builder)
+                   StringTable(a["image_files.utf8"], a["image_files.offsets"]), names, builder, garments)
 
     def missing_images(self, catalog: Path, limit: int = 5) -> tuple[int, list[str]]:
         """How many of the index's images are not files under `catalog`, and the first few."""
@@ -330,6 +373,8 @@ class IndexArrays:
     image_sha256: Sequence[str]  # hex digests
     image_sources: Sequence[str]  # SOURCES
     thumbs: np.ndarray
+    product_garments: Sequence[GarmentChoice] | None = None  # None: every product kept all classes
+    image_fallbacks: Sequence[bool] | None = None
 
 
 def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations: int = 2,
@@ -354,7 +399,12 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
         "image_sources": np.array([SOURCES.index(s) for s in content.image_sources], np.uint8),
         **NameIndex.arrays(names),
     }
-    for prefix, strings in (("product_names", names), ("image_files", content.image_files)):
+    choices = content.product_garments or [GarmentChoice(GARMENT_CLASSES, "all")] * len(names)
+    arrays["product_classes"] = np.array([class_bits(c.classes) for c in choices], np.uint8)
+    arrays["product_class_sources"] = np.array([CLASS_SOURCES.index(c.source) for c in choices], np.uint8)
+    arrays["image_fallbacks"] = np.array(content.image_fallbacks or [False] * int(starts[-1]), np.uint8)
+    for prefix, strings in (("product_names", names), ("image_files", content.image_files),
+                            ("product_garments", [c.garment or "" for c in choices])):
         arrays[f"{prefix}.utf8"], arrays[f"{prefix}.offsets"] = StringTable.arrays(strings)
     for name, array in arrays.items():
         with open(folder / f"{name}.npy", "wb") as fh:

@@ -396,6 +396,8 @@ def test_a_real_matted_catalog_photo_gives_its_indexed_vector(tmp_path, tiny_emb
                      garments=local_garments)
     index = app.extensions["searcher"].index
     photo = sorted(catalog.glob("*/*.png"))[0]
-    body = app.test_client().post("/embed", data=photo.read_bytes(), content_type="image/png").json
+    # the product's name chooses the garment, as it did for the indexer
+    body = app.test_client().post("/embed", data=photo.read_bytes(), content_type="image/png",
+                                  query_string={"product": photo.parent.name}).json
     indexed = index.image_embeddings[index.find_image(photo.parent.name, photo.name)]
     assert float(np.asarray(body["embedding"]) @ indexed) == pytest.approx(1.0, abs=1e-4)

@@ -218,6 +218,59 @@ def catalog_photo(catalog: Path, product: str = "1-red-top-shop-111") -> Path:
     return catalog / product / "photo-0.jpg"
 
 
+def look_sections(driver) -> list[dict]:
+    """The garment sections a photo query shows: heading, cards, and the thumbnail's size and
+    centre pixel (RGBA) as drawn on its canvas (None when it has no canvas)."""
+    return driver.execute_script("""
+        return [...document.querySelectorAll('#look section.garment')].map(section => {
+            const canvas = section.querySelector('canvas.garment-thumb');
+            let thumb = null;
+            if (canvas) {
+                const rect = canvas.getBoundingClientRect();
+                const pixel = canvas.getContext('2d').getImageData(canvas.width >> 1, canvas.height >> 1, 1, 1).data;
+                thumb = {width: rect.width, height: rect.height, label: canvas.getAttribute('aria-label'),
+                         centre: [...pixel]};
+            }
+            return {
+                heading: section.querySelector('h3').textContent,
+                cls: section.dataset.class,
+                thumb,
+                cards: [...section.querySelectorAll('li.card')].map(li => ({
+                    name: li.querySelector('.card-title').textContent,
+                    loaded: li.querySelector('img').complete && li.querySelector('img').naturalWidth > 0,
+                })),
+            };
+        });""")
+
+
+def look_shown(driver, status_part: str) -> list[dict]:
+    """Waits until the status line mentions `status_part` and every garment section's results
+    have loaded their images; returns the sections."""
+    from selenium.webdriver.common.by import By
+
+    def ready(d):
+        error = d.find_element(By.ID, "error")
+        if error.is_displayed():
+            raise AssertionError(f"the page shows an error: {error.text}")
+        if status_part not in d.find_element(By.ID, "status").text:
+            return None
+        sections = look_sections(d)
+        return sections and all(s["cards"] and all(c["loaded"] for c in s["cards"]) for s in sections) and sections
+    return wait(driver, ready, f"garment sections for {status_part!r} with their images")
+
+
+def close_to(pixel, colour, tolerance: int = 40) -> bool:
+    return all(abs(int(a) - int(b)) <= tolerance for a, b in zip(pixel[:3], colour, strict=True))
+
+
+def top_over_trousers(path: Path) -> Path:
+    """A person in a red top over blue trousers (scenes' colours), the top above the trousers."""
+    image = person_wearing(scenes.UPPER, 0, size=(260, 340))
+    ImageDraw.Draw(image).rectangle((60, 170, 180, 320), fill=scenes.LOWER)
+    image.save(path, quality=95)
+    return path
+
+
 # ------------------------------------------------------------------ search page
 
 def test_search_page_text_similar_and_photo(driver, search_server, xss_catalog, artifacts):
@@ -276,18 +329,63 @@ def test_search_page_text_similar_and_photo(driver, search_server, xss_catalog, 
     assert driver.find_element(By.ID, "results-heading").text == f"Similar to {XSS_PRODUCT}"
     assert_no_alert(driver)
 
-    # Photo query: a catalog photo, its garment cut out by the bg service.
+    # Photo query: a catalog photo (a red top), its garment cut out by the bg service: one section.
     box.clear()
     driver.find_element(By.ID, "photo").send_keys(str(catalog_photo(xss_catalog)))
     wait(driver, lambda d: d.execute_script(
         "const i = document.getElementById('photo-thumb'); return i.complete && i.naturalWidth > 0"),
         "the photo's thumbnail")
     driver.find_element(By.ID, "search-button").click()
-    by_photo = results_shown(driver, "matching your photo")
-    assert len(by_photo) == products, by_photo
+    [by_photo] = look_shown(driver, "1 garment found in your photo")
+    assert by_photo["heading"] == "Upper-body garment" and len(by_photo["cards"]) == products, by_photo
+    assert not driver.find_element(By.ID, "results").is_displayed()  # the text results' grid is hidden
     shoot(driver, artifacts, "search-photo-results")
     assert_no_alert(driver)
 
+    assert console_problems(driver) == []
+
+
+def test_search_page_look_shows_each_garment_of_the_photo(driver, search_server, artifacts, tmp_path):
+    """A photo of a red top over blue trousers: one section per garment, its thumbnail cut from
+    the photo by its box, its own result cards; "Similar" and "Back" work from them; "Search for"
+    narrows the look to one class."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver.get(search_server.base + "/")
+    assert not driver.find_element(By.ID, "look-classes").is_enabled()  # only with a photo
+    driver.find_element(By.ID, "photo").send_keys(str(top_over_trousers(tmp_path / "look.jpg")))
+    assert driver.find_element(By.ID, "look-classes").is_enabled()
+    Select(driver.find_element(By.ID, "n")).select_by_value("6")
+    driver.find_element(By.ID, "search-button").click()
+    sections = look_shown(driver, "2 garments found in your photo")
+    assert [s["heading"] for s in sections] == ["Upper-body garment", "Lower-body garment"], sections
+    for section, colour in zip(sections, (scenes.UPPER, scenes.LOWER), strict=True):
+        assert len(section["cards"]) == 6, section
+        thumb = section["thumb"]
+        assert thumb and round(thumb["height"]) == 96 and 0 < thumb["width"] <= 160, section
+        assert close_to(thumb["centre"], colour), section  # the box of that garment, from the user's photo
+    assert driver.execute_script("return document.querySelectorAll('#look .card-rank').length") == 12
+    shoot(driver, artifacts, "search-look")
+    shoot(driver, artifacts, "search-look-narrow", width=420)
+
+    # "Similar" from the trousers' results, then back to the look with its thumbnails.
+    lower = driver.find_element(By.CSS_SELECTOR, "#look section[data-class='lower']")
+    first = lower.find_element(By.CSS_SELECTOR, "li.card")
+    name = first.get_attribute("data-product")
+    first.find_element(By.CSS_SELECTOR, "button.similar").click()
+    results_shown(driver, f"similar to “{name}”")
+    assert not driver.find_element(By.ID, "look").is_displayed()
+    driver.find_element(By.ID, "back").click()
+    again = look_shown(driver, "2 garments found in your photo")
+    assert [s["thumb"]["centre"] for s in again] == [s["thumb"]["centre"] for s in sections]
+
+    # "Search for": the lower body only.
+    Select(driver.find_element(By.ID, "look-classes")).select_by_value("lower")
+    driver.find_element(By.ID, "search-button").click()
+    [only] = look_shown(driver, "1 garment found in your photo (lower only)")
+    assert only["heading"] == "Lower-body garment" and close_to(only["thumb"]["centre"], scenes.LOWER)
+    assert_no_alert(driver)
     assert console_problems(driver) == []
 
 
@@ -401,6 +499,47 @@ def test_bg_page_upload_result_download_and_error(driver, bg_server, synthetic_c
     result = submit_and_wait_for_result(driver, photo)
     assert (result["width"], result["height"]) == size
     assert not error.is_displayed()
+    assert_no_alert(driver)
+    assert console_problems(driver) == []
+
+
+def test_bg_page_product_text_chooses_the_garments(driver, bg_server, artifacts, tmp_path):
+    """The product's text ("Tunik": a tunic) keeps the upper and full-body garments: the street
+    scene's red top stays, its blue trousers go; the boxes are off while the text is there."""
+    from selenium.webdriver.common.by import By
+
+    photo = tmp_path / "street.png"
+    image, boxes = scenes.street_photo(300, 400)
+    image.save(photo)
+    driver.get(bg_server + "/")
+    checkboxes = driver.find_elements(By.CSS_SELECTOR, "input[name='classes']")
+    assert len(checkboxes) == 3 and all(c.is_enabled() for c in checkboxes)
+    product = driver.find_element(By.ID, "product")
+    product.send_keys("Tunik")
+    assert not any(c.is_enabled() for c in checkboxes)
+
+    submit_and_wait_for_result(driver, photo)
+    status = driver.find_element(By.ID, "status").text
+    assert "mask: garment · kept: upper, full (from the product: tunic)" in status, status
+    # The result: the top kept, the trousers set to the (white) background.
+    pixels = driver.execute_script("""
+        const img = document.getElementById('after'), canvas = document.createElement('canvas');
+        canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+        const context = canvas.getContext('2d', {willReadFrequently: true});  // read twice
+        context.drawImage(img, 0, 0);
+        return arguments[0].map(([x, y]) => [...context.getImageData(x, y, 1, 1).data]);""",
+        [[(x0 + x1) // 2, (y0 + y1) // 2] for x0, y0, x1, y1 in (boxes["top"], boxes["trousers"])])
+    assert close_to(pixels[0], scenes.UPPER) and close_to(pixels[1], (255, 255, 255)), pixels
+    shoot(driver, artifacts, "bg-product")
+
+    # Emptied: the boxes are back and chosen by hand.
+    product.clear()
+    product.send_keys(" ")  # spaces are no product text
+    assert all(c.is_enabled() for c in checkboxes)
+    driver.find_element(By.CSS_SELECTOR, "input[name='classes'][value='full']").click()
+    submit_and_wait_for_result(driver)
+    status = driver.find_element(By.ID, "status").text
+    assert "kept: upper, lower (as chosen)" in status, status
     assert_no_alert(driver)
     assert console_problems(driver) == []
 

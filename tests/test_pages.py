@@ -50,6 +50,21 @@ class Page(HTMLParser):
         return urls
 
 
+def label_text(html: str, control_id: str) -> str:
+    """The text of the <label for=control_id> (its tags stripped, spaces collapsed)."""
+    found = re.search(rf'<label[^>]*\bfor="{re.escape(control_id)}"[^>]*>(.*?)</label>', html, re.DOTALL)
+    assert found, f"no <label for={control_id}>"
+    return " ".join(re.sub(r"<[^>]+>", " ", found.group(1)).split())
+
+
+def select_options(html: str, select_id: str) -> list[tuple[str, str]]:
+    """(value, text) of each <option> of the <select id=select_id>."""
+    found = re.search(rf'<select[^>]*\bid="{re.escape(select_id)}"[^>]*>(.*?)</select>', html, re.DOTALL)
+    assert found, f"no <select id={select_id}>"
+    return [(value, " ".join(text.split()))
+            for value, text in re.findall(r'<option[^>]*\bvalue="([^"]*)"[^>]*>(.*?)</option>', found.group(1), re.DOTALL)]
+
+
 def assert_safe_headers(response) -> None:
     assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
     assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -150,10 +165,17 @@ def test_every_control_has_a_label_and_the_buttons_are_real_buttons(service):
 
 
 def test_the_search_page_has_its_controls(exact_search_app):
-    page = Page(exact_search_app.test_client().get("/").get_data(as_text=True))
+    html = exact_search_app.test_client().get("/").get_data(as_text=True)
+    page = Page(html)
     assert page.find("input", id="text") and page.find("input", id="photo", type="file")
-    assert [a["value"] for a in page.find("option")] == ["6", "12", "24", "48", "100"]
+    assert [value for value, _ in select_options(html, "n")] == ["6", "12", "24", "48", "100"]
     assert page.find("ol", id="results")
+    # Which of the photo's garments to search for: every one by default (nothing sent), or one class.
+    assert label_text(html, "look-classes") == "Search for"
+    assert page.find("select", id="look-classes", **{"data-field": "classes"})
+    assert select_options(html, "look-classes") == [
+        ("", "Every garment in the photo"), ("upper", "Upper body"), ("lower", "Lower body"), ("full", "Full body")]
+    assert page.find("div", id="look")  # where a photo's garments go, one section each
 
 
 def test_the_bg_page_has_its_controls(bg_client):
@@ -166,12 +188,29 @@ def test_the_bg_page_has_its_controls(bg_client):
     assert page.find("a", id="download")
 
 
+def test_the_bg_page_has_the_product_field(bg_client):
+    """The product's name, title or category: optional, up to 500 characters (as the API takes),
+    labelled, with a hint; its text chooses the garments instead of the boxes."""
+    html = bg_client.get("/").get_data(as_text=True)
+    page = Page(html)
+    [product] = page.find("input", id="product")
+    assert product["type"] == "text" and product["maxlength"] == "500" and product["data-field"] == "product"
+    assert "required" not in product
+    assert label_text(html, "product") == "Product name, title or category (optional)"
+    assert product["aria-describedby"] == "product-hint" and page.find("p", id="product-hint")
+    assert "Kadın Lacivert Tunik" in re.search(r'<p id="product-hint"[^>]*>(.*?)</p>', html, re.DOTALL).group(1)
+
+
 @pytest.mark.parametrize("script", PAGE_SCRIPTS, ids=lambda p: p.name)
 def test_the_scripts_never_build_html_from_strings(script):
     source = re.sub(r"/\*.*?\*/", "", script.read_text(), flags=re.DOTALL)
     source = re.sub(r"(^|\s)//.*$", "", source, flags=re.MULTILINE)  # comments may name what the code avoids
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
-                 "setTimeout(\"", "setAttribute(\"on"):
+                 "setTimeout(\"", "setAttribute(\"on", "createContextualFragment", "DOMParser", "srcdoc",
+                 "setHTMLUnsafe"):
+        assert sink not in source, f"{script.name} uses {sink}"
+    # Nothing styled inline either (the policy's style-src 'self'): classes and the stylesheets only.
+    for sink in ('setAttribute("style"', ".style.", ".style =", "cssText"):
         assert sink not in source, f"{script.name} uses {sink}"
 
 

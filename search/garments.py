@@ -52,16 +52,18 @@ class LookGarment:
 
 def look_garments(decoded: DecodedImage, labels: np.ndarray, min_fraction: float) -> list[LookGarment]:
     """Each garment class of a label map (POST /labels' codes) that covers at least `min_fraction`
-    of the photo, cut out as the indexer cuts a photo out (on black, hard mask, cropped to its box
-    plus the margin): a photo that shows one garment gives exactly the catalog's cut-out."""
+    of the photo (or, when none does, the largest), cut out as the indexer cuts a photo out (on
+    black, hard mask, cropped to its box plus the margin): a photo that shows one garment gives
+    exactly the catalog's cut-out."""
     flat = flatten_onto_black(decoded.rgb, decoded.alpha)
     if labels.shape != (flat.height, flat.width):
         raise ValueError(f"label map {labels.shape[::-1]} does not match the photo {flat.size}")
+    areas = {code: int((labels == code).sum()) for code in LABEL_CLASSES}
+    large = [code for code, area in areas.items() if area >= min_fraction * labels.size]
+    largest = max(areas, key=areas.get)
     garments = []
-    for code, name in LABEL_CLASSES.items():
-        mask = labels == code
-        if mask.sum() < min_fraction * labels.size:
-            continue
+    for code in large or ([largest] if areas[largest] else []):
+        name, mask = LABEL_CLASSES[code], labels == code
         plane = Image.fromarray(mask.astype(np.uint8) * 255, "L")
         picture = Image.new("RGB", flat.size, (0, 0, 0))
         picture.paste(flat, mask=plane)

@@ -7,11 +7,13 @@
 
 Catalog: one folder per product (folder name = product name), any number of images inside.
 Every image goes through the background-removal pipeline (in-process, or the service at
---bg-url), is cropped to its garment and embedded with open_clip; a product's vector pools its
-images'. The files are described in `search/store.py`.
+--bg-url) keeping only the product's garment (its classes chosen from its name by
+shared/garment_vocabulary.json; all garments where those find none), is cropped to it and
+embedded with open_clip; a product's vector pools its images'. The files are described in `search/store.py`.
 
---update re-embeds only what changed: new or changed image bytes, and images whose mask depends
-on a bg-pipeline setting or model that changed (the index records the pipeline's identity).
+--update re-embeds only what changed: new or changed image bytes, images whose mask depends
+on a bg-pipeline setting or model that changed (the index records the pipeline's identity), and
+the products whose garment classes changed (a vocabulary change).
 """
 from __future__ import annotations
 

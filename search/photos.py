@@ -91,9 +91,8 @@ class PhotoEmbedder:
         decoded, size = self._decode(data, timings)
         found = self._garment_step(timings, lambda: self.garments.look(
             decoded, garments.classes, garments.fallback, self.look_min_fraction))
-        if not found:
-            raise Unprocessable(f"No garment ({', '.join(garments.classes)}) covers {self.look_min_fraction:.0%} "
-                                "of the photo or more.")
+        if not found:  # the garment step answers 422 first: only an empty label map gets here
+            raise Unprocessable(f"No garment ({', '.join(garments.classes)}) found in the photo.")
         scale_x, scale_y = size[0] / decoded.size[0], size[1] / decoded.size[1]
         for garment in found:  # boxes in the photo's own pixels, not the working size's
             x0, y0, x1, y1 = garment.box

@@ -115,6 +115,18 @@ def upstream():
     server.shutdown()
 
 
+@pytest.fixture(scope="session")
+def bg_server(bg_app):
+    """The bg-removal app on 127.0.0.1 (werkzeug, threaded): the garment step over HTTP."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, bg_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
 # ------------------------------------------------------------------ search fixtures
 
 TINY = dict(model="tiny-clip", pretrained="", extra_config_dir=str(REPO / "tests" / "clip_configs"))

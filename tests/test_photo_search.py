@@ -4,13 +4,11 @@ a bad-input matrix for every new field."""
 from __future__ import annotations
 
 import io
-import threading
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 from PIL import Image
-from werkzeug.serving import make_server
 
 from search.config import ClipSettings, SearchConfig
 from shared.fetch import FetchPolicy
@@ -282,16 +280,6 @@ def test_photo_queries_turned_off(onnx_index, synthetic_catalog):
     assert_problem(client.post("/", json={"image_url": "http://example.com/x.jpg"}), 400, "image_url")
     assert client.post("/", json={"text": "red top"}).status_code == 200
     assert client.get(f"/products/{ONE_PHOTO_PRODUCT}/similar").status_code == 200
-
-
-@pytest.fixture(scope="module")
-def bg_server(bg_app):
-    """The bg-removal app on 127.0.0.1 (werkzeug, threaded): the garment step over HTTP."""
-    server = make_server("127.0.0.1", 0, bg_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
 
 
 def test_garments_from_the_bg_service_equal_in_process(onnx_index, bg_server, photo_client, synthetic_catalog):

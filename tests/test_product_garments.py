@@ -196,23 +196,10 @@ def test_a_photo_query_can_choose_the_garment_to_search_for(product_client):
     assert upper["garments"][0]["results"][0]["product_name"] == TUNIC
 
 
-@pytest.fixture(scope="module")
-def bg_http(bg_app):
-    import threading
-
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, bg_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
-def test_look_over_http_equals_in_process(product_index, colour_embedder, product_client, bg_http):
+def test_look_over_http_equals_in_process(product_index, colour_embedder, product_client, bg_server):
     from search.garments import RemoteGarments
 
-    remote = search_app(product_index, colour_embedder, RemoteGarments(bg_http, retries=0)).test_client()
+    remote = search_app(product_index, colour_embedder, RemoteGarments(bg_server, retries=0)).test_client()
     for query in ("/?look=true&n=2", "/?n=2", "/?product=jeans&look=true"):
         over_http = remote.post(query, data=png(outfit(1)), content_type="image/png")
         assert over_http.status_code == 200, over_http.json
@@ -399,3 +386,18 @@ def test_openapi_documents_garments_and_look(product_client, bg_client):
     assert {"X-Garment-Classes", "X-Garment-Source"} <= set(bg_post["responses"]["200"]["headers"])
     _check(bg_client, bg_document, "post", "/labels", "/labels", data=photo, content_type="image/png")
     _check(bg_client, bg_document, "post", "/labels?product=", "/labels", data=photo, content_type="image/png")
+
+
+def test_a_looks_small_garments_are_left_out_unless_nothing_else_is_there():
+    from search.garments import look_garments
+    from shared.images import DecodedImage
+
+    photo = DecodedImage(Image.new("RGB", (100, 100), (200, 200, 200)), None, "PNG")
+    labels = np.zeros((100, 100), np.uint8)
+    labels[10:60, 10:60] = 1  # 25% of the photo
+    labels[90:95, 90:95] = 2  # 0.25%: a speck, below SEARCH_LOOK_MIN_FRACTION's 1%
+    found = look_garments(photo, labels, 0.01)
+    assert [(g.garment_class, g.box) for g in found] == [("upper", (10, 10, 60, 60))]
+    labels[10:60, 10:60] = 0
+    assert [g.garment_class for g in look_garments(photo, labels, 0.01)] == ["lower"]  # the largest there is
+    assert look_garments(photo, np.zeros((100, 100), np.uint8), 0.01) == []

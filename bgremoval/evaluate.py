@@ -2,8 +2,12 @@
 
     python -m bgremoval.evaluate --data ../shared/data/ccp [--limit N] [--out eval_out/bg]
 
-Two measurements, each with whatever weights are installed (U2NET_HOME, BG_*_MODEL):
+Three measurements, each with whatever weights are installed (U2NET_HOME, BG_*_MODEL):
   garment IoU      full pipeline mask vs the garment classes below (needs the cloth model)
+  product IoU      the photo's largest labelled garment taken as the product: the mask that keeps
+                   only its classes (chosen from its label's name by the garment vocabulary, as a
+                   product name would choose them) vs that garment's pixels, beside the mask that
+                   keeps every garment; and how much of the OTHER garments each keeps
   main-person IoU  person step alone vs every labelled pixel, with and without the
                    keep-the-main-person step (needs only the person model)
 Prints a per-image table and the overall figures, and saves side-by-side pictures of the worst
@@ -25,6 +29,7 @@ from tqdm import tqdm
 from bgremoval.config import MAIN_PERSON_RULES, BgConfig
 from bgremoval.models import CLOTH_INPUTS, MATTE_INPUTS, MissingWeights, Models, open_session
 from bgremoval.pipeline import GarmentPipeline, NoGarmentFound, composite, main_person
+from shared.garment_vocabulary import Vocabulary
 
 # Clothing worn on the body. Everything else is not garment: null (background), skin, hair,
 # footwear, legwear (socks, stockings, tights), bags and accessories (belt, scarf, hat, glasses,
@@ -54,7 +59,26 @@ class Row:
     person_iou_main: float | None = None
     person_iou_all: float | None = None
     person_iou_by_rule: dict = field(default_factory=dict)  # every BG_MAIN_PERSON_RULE, to compare
+    product: str | None = None  # the largest labelled garment the vocabulary names, as the product
+    product_classes: tuple[str, ...] = ()
+    product_fallback: bool = False  # its classes found no garment: all were kept
+    product_iou: float | None = None  # product-only mask vs the product's pixels
+    product_iou_all: float | None = None  # every-garment mask vs the product's pixels
+    others_kept: float | None = None  # share of the other garments' pixels the product-only mask keeps
+    others_kept_all: float | None = None  # ... that the every-garment mask keeps
     note: str = ""
+
+
+def main_product(labels: np.ndarray, classes: dict[int, str], garment_ids: list[int],
+                 vocabulary: Vocabulary) -> int | None:
+    """The label index of the photo's largest garment whose name the vocabulary knows."""
+    areas = np.bincount(labels.ravel(), minlength=max(classes) + 1)
+    named = [i for i in garment_ids if areas[i] and vocabulary.choose(classes[i]).source == "product"]
+    return max(named, key=lambda i: areas[i]) if named else None
+
+
+def kept_share(mask: np.ndarray, pixels: np.ndarray) -> float | None:
+    return float((mask & pixels).sum() / pixels.sum()) if pixels.any() else None
 
 
 def _optional(name: str, specs, config: BgConfig):
@@ -85,7 +109,9 @@ def evaluate(data: Path, out_dir: Path, limit: int | None, worst: int) -> list[R
         print("garment IoU skipped: no clothing-segmentation weights installed", file=sys.stderr)
 
     classes = read_classes(data)
+    vocabulary = Vocabulary.load(config.vocabulary_path)
     garment_ids = [i for i, n in classes.items() if n in GARMENT_CLASS_NAMES]
+    unnamed = sorted(classes[i] for i in garment_ids if vocabulary.choose(classes[i]).source != "product")
     background_id = next(i for i, n in classes.items() if n == BACKGROUND_CLASS)
     images = sorted((data / "images").glob("*.jpg"))[:limit]
     rows: list[Row] = []
@@ -109,6 +135,18 @@ def evaluate(data: Path, out_dir: Path, limit: int | None, worst: int) -> list[R
                 mask, row.note = np.zeros_like(garment_truth), exc.detail
             row.garment_iou = iou(mask, garment_truth)
             pictures[path.stem] = (photo, garment_truth, mask)
+            product_label = main_product(labels, classes, garment_ids, vocabulary)
+            if product_label is not None:
+                row.product, truth = classes[product_label], labels == product_label
+                row.product_classes = vocabulary.choose(row.product).classes
+                try:
+                    chosen = pipeline.garment_mask(photo, row.product_classes, fallback=True)
+                    row.product_fallback, chosen = chosen.fallback, chosen.mask > 127
+                except NoGarmentFound:
+                    chosen = np.zeros_like(truth)
+                others = garment_truth & ~truth
+                row.product_iou, row.product_iou_all = iou(chosen, truth), iou(mask, truth)
+                row.others_kept, row.others_kept_all = kept_share(chosen, others), kept_share(mask, others)
         rows.append(row)
     elapsed = time.perf_counter() - started
 
@@ -116,6 +154,7 @@ def evaluate(data: Path, out_dir: Path, limit: int | None, worst: int) -> list[R
     print(f"\n{len(rows)} images in {elapsed:.1f} s ({elapsed / max(len(rows), 1):.2f} s/image); "
           f"models: person={person.name}, cloth={cloth.name if cloth else '-'}, "
           f"product={product.name if product else '-'}")
+    print_products(rows, unnamed)
     if pictures:
         out_dir.mkdir(parents=True, exist_ok=True)
         ranked = sorted((r for r in rows if r.garment_iou is not None), key=lambda r: r.garment_iou)
@@ -151,6 +190,24 @@ def print_table(rows: list[Row]) -> None:
         central, largest = (np.array([b[rule] for b in by_rule]) for rule in ("central", "largest"))
         print(f"main-person IoU by BG_MAIN_PERSON_RULE: {means}; largest beats central on "
               f"{int((largest > central + 1e-6).sum())} images, loses on {int((largest < central - 1e-6).sum())}")
+
+
+def print_products(rows: list[Row], unnamed: list[str]) -> None:
+    """Product-only masks against keeping every garment, over the photos with a named product."""
+    scored = [r for r in rows if r.product_iou is not None]
+    if not scored:
+        return
+    both = [r for r in scored if r.others_kept is not None]
+    better = sum(r.product_iou > r.product_iou_all + 1e-6 for r in scored)
+    worse = sum(r.product_iou < r.product_iou_all - 1e-6 for r in scored)
+    print(f"product only ({len(scored)} photos, the largest labelled garment as the product, its classes from the "
+          f"vocabulary): product IoU {_mean(r.product_iou for r in scored)} vs "
+          f"{_mean(r.product_iou_all for r in scored)} keeping every garment ({better} better, {worse} worse); "
+          f"other garments kept {_mean(r.others_kept for r in both)} vs {_mean(r.others_kept_all for r in both)} "
+          f"({len(both)} photos with other garments); fell back to all garments on "
+          f"{sum(r.product_fallback for r in scored)}")
+    if unnamed:
+        print(f"garment labels the vocabulary names no garment for (never taken as the product): {', '.join(unnamed)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,11 @@ STREET_GARMENT_IOU = 15914 / 17599
 STREET_MAIN_IOU = 18529 / 19567
 STREET_ALL_IOU = 18529 / 25821
 FLATLAY_GARMENT_IOU = 57840 / 62901
+# The street photo's largest labelled garment is the t-shirt (top - 65 px under the trousers +
+# sleeve = 9474 px; pants 8125 - 975 under the shoes = 7150): the product. Its classes (upper)
+# keep the red top alone (8764 px); every garment kept adds the trousers.
+STREET_PRODUCT_IOU = 8764 / 9474
+STREET_PRODUCT_IOU_ALL = 8764 / 17599
 
 
 def test_bg_evaluation_scores_a_constructed_dataset_exactly(oracle_weights, tmp_path, capsys):
@@ -97,6 +102,16 @@ def test_bg_evaluation_scores_a_constructed_dataset_exactly(oracle_weights, tmp_
     assert flat.person_iou_main == flat.person_iou_all == 0.0 and flat.note == ""
     assert nothing.garment_iou == nothing.person_iou_main == nothing.person_iou_all == 0.0
     assert nothing.note == "No person and no product could be found in the image."
+
+    # Product-only masks: the street photo's t-shirt (upper) without the trousers under it.
+    assert (street.product, street.product_classes, street.product_fallback) == ("t-shirt", ("upper",), False)
+    assert street.product_iou == exact(STREET_PRODUCT_IOU) and street.product_iou_all == exact(STREET_PRODUCT_IOU_ALL)
+    assert street.others_kept == 0.0 and street.others_kept_all == exact(1.0)
+    # a flat-lay's product matte has no classes: the same mask either way; no other garment labelled
+    assert flat.product == "sweater" and flat.product_iou == flat.product_iou_all == exact(FLATLAY_GARMENT_IOU)
+    assert flat.others_kept is None and nothing.product_iou == nothing.product_iou_all == 0.0
+    assert "product only (3 photos" in out and "(1 better, 0 worse)" in out
+    assert "other garments kept 0.0000 vs 1.0000 (1 photos with other garments)" in out
 
     assert "keep-main-person changed 1 of 3 images: 1 better, 0 worse" in out
     assert "largest beats central on 0 images, loses on 0" in out

@@ -78,16 +78,15 @@ def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
-def summed_probability(logits: np.ndarray, channels: list[int]) -> np.ndarray:
-    """[N, C, S, S] logits -> [N, S, S]: the softmax probability of `channels` together."""
-    return softmax(logits, axis=1)[:, channels].sum(axis=1)
-
-
 def grouped_probability(logits: np.ndarray, groups: list[list[int]]) -> np.ndarray:
-    """[N, C, S, S] logits -> [N, G, S, S]: each group's summed softmax probability (a group alone
-    gives exactly summed_probability's numbers)."""
+    """[N, C, S, S] logits -> [N, G, S, S]: each group of channels' softmax probability together."""
     probability = softmax(logits, axis=1)
     return np.stack([probability[:, group].sum(axis=1) for group in groups], axis=1)
+
+
+def summed_probability(logits: np.ndarray, channels: list[int]) -> np.ndarray:
+    """[N, C, S, S] logits -> [N, S, S]: the softmax probability of `channels` together."""
+    return grouped_probability(logits, [channels])[:, 0]
 
 
 def model_input(images: list[Image.Image], spec: InputSpec) -> np.ndarray:
@@ -112,15 +111,12 @@ class OnnxRunner:
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         self.runtime = "onnxruntime"
 
-    def run_images(self, images: list[Image.Image], spec: InputSpec, channels: list[int] | None = None,
-                   groups: list[list[int]] | None = None) -> np.ndarray:
-        """[N, S, S] from photos: the first output plane (mattes), or with `channels` their summed
-        softmax probability (cloth); with `groups` [N, G, S, S], each group's summed probability
-        from the one run. TorchRunner has the same call, done on its device."""
+    def run_images(self, images: list[Image.Image], spec: InputSpec, groups: list[list[int]] | None = None) -> np.ndarray:
+        """From photos: [N, S, S], the first output plane (mattes), or with `groups` [N, G, S, S],
+        each group of channels' summed softmax probability from the one run (cloth). TorchRunner
+        has the same call, done on its device."""
         out = self(model_input(images, spec))
-        if groups is not None:
-            return grouped_probability(out, groups)
-        return out[:, 0] if channels is None else summed_probability(out, channels)
+        return out[:, 0] if groups is None else grouped_probability(out, groups)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.fixed_batch == 1 and len(batch) > 1:
@@ -163,14 +159,10 @@ class ModelSession:
         """[N, S, S]: a matte model's output plane per image."""
         return self.runner.run_images(images, self.spec)
 
-    def class_probability(self, images: list[Image.Image], channels: list[int]) -> np.ndarray:
-        """[N, S, S]: per image, the softmax probability of `channels` together (the cloth model)."""
-        return self.runner.run_images(images, self.spec, channels)
-
     def class_probabilities(self, images: list[Image.Image], groups: list[list[int]]) -> np.ndarray:
         """[N, G, S, S]: per image, each group of channels' probability together, from one run of
         the cloth model (a product's classes, all garments as its fallback, each class alone)."""
-        return self.runner.run_images(images, self.spec, groups=groups)
+        return self.runner.run_images(images, self.spec, groups)
 
 
 def session_options(config: BgConfig) -> ort.SessionOptions:

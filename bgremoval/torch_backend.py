@@ -44,12 +44,12 @@ class TorchRunner:
         self._lock = threading.Lock()
         log.info("%s: torch runs it on %s (%s)", onnx_path.rsplit("/", 1)[-1], self.device, self.runtime)
 
-    def run_images(self, images: list[Image.Image], spec, channels: list[int] | None = None,
-                   groups: list[list[int]] | None = None) -> np.ndarray:
-        """[N, S, S] from photos: the first output plane (mattes), or with `channels` their summed
-        softmax probability (cloth), or with `groups` each group's ([N, G, S, S]). Only the Lanczos resize runs on the CPU (in threads: Pillow
-        releases the GIL); rembg's normalisation, the model and the softmax run on the device and a
-        single plane per image comes back, so the GPU is not left waiting on numpy."""
+    def run_images(self, images: list[Image.Image], spec, groups: list[list[int]] | None = None) -> np.ndarray:
+        """From photos: [N, S, S], the first output plane (mattes), or with `groups` [N, G, S, S],
+        each group of channels' summed softmax probability (cloth). Only the Lanczos resize runs on
+        the CPU (in threads: Pillow releases the GIL); rembg's normalisation, the model and the
+        softmax run on the device and only those planes come back, so the GPU is not left waiting
+        on numpy."""
         torch = self._torch
         side = (spec.size, spec.size)
         pixels = np.stack(threaded_map(
@@ -63,10 +63,10 @@ class TorchRunner:
             return (x - mean) / std
 
         def reduce(first):
-            if groups is not None:  # [N, G, S, S]: each group's summed probability (OnnxRunner's groups)
-                probability = first.softmax(dim=1)
-                return torch.stack([probability[:, group].sum(dim=1) for group in groups], dim=1)
-            return first[:, 0] if channels is None else first.softmax(dim=1)[:, channels].sum(dim=1)
+            if groups is None:
+                return first[:, 0]
+            probability = first.softmax(dim=1)
+            return torch.stack([probability[:, group].sum(dim=1) for group in groups], dim=1)
 
         return self._forward(pixels, feed, reduce)
 

@@ -120,7 +120,7 @@ def test_torch_backend_matches_onnxruntime_on_the_real_u2net_architecture(tmp_pa
     # The GPU path's own feed (normalised on the device in float32) and softmax: the same planes.
     from bgremoval.models import summed_probability
 
-    garment = TorchRunner(str(path), "cpu").run_images(photos, spec, [1, 2, 3])
+    garment = TorchRunner(str(path), "cpu").run_images(photos, spec, [[1, 2, 3]])[:, 0]
     reference = summed_probability(expected, [1, 2, 3])
     assert garment.shape == (3, side, side)
     assert np.abs(garment - reference).max() < 1e-3

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify
 from PIL import Image
 
-from bgremoval.pipeline import LABEL_PRODUCT, GarmentMask, GarmentPipeline
+from bgremoval.pipeline import GarmentMask, GarmentPipeline
 from shared.errors import BadRequest, ProblemError, Unprocessable
 from shared.fetch import fetch_url
-from shared.garment_request import GARMENT_FIELDS, GarmentOptions, parse_garment_options
+from shared.garment_request import GARMENT_FIELDS, LABEL_CLASSES, GarmentOptions, parse_garment_options
 from shared.garment_vocabulary import Vocabulary
 from shared.images import WEBP_MAX_SIDE, OpenedImage, decode_covering, decode_opened, encode_image, open_image
 from shared.timing import timed
@@ -207,7 +207,7 @@ def garment_labels() -> Response:
             payload = encode_image(labels, "png")
     response = Response(payload, mimetype="image/png")
     garment_headers(response, garments, result)
-    response.headers["X-Label-Codes"] = f"1=upper,2=lower,3=full,{LABEL_PRODUCT}=product"
+    response.headers["X-Label-Codes"] = ",".join(f"{code}={name or 'product'}" for code, name in LABEL_CLASSES.items())
     return response
 
 

@@ -25,12 +25,12 @@ from scipy import ndimage
 from bgremoval.config import PipelineSettings
 from bgremoval.models import CLOTH_CLASSES, Models
 from shared.errors import Unprocessable
+from shared.garment_request import LABEL_CODES, LABEL_PRODUCT
 from shared.garment_vocabulary import GARMENT_CLASSES
 from shared.images import DecodedImage, flatten_onto_black, garment_box
 
 BAND_PIXELS = 1 << 20  # the composite works on ~1 MP of rows at a time
 
-LABEL_PRODUCT = 255  # in GarmentMask.labels: a flat-lay's product matte, of no known class
 
 # What goes behind the garment: an RGB colour, or a function that returns an RGB picture of the
 # size it is given. A function because that size is known only once the mask is (crop=garment),
@@ -49,8 +49,8 @@ class GarmentMask:
     source: str  # "garment" (person found) or "product" (flat-lay fallback)
     classes: tuple[str, ...] = GARMENT_CLASSES  # the classes kept (a flat-lay's matte has none: those asked)
     fallback: bool = False  # the classes asked for found no garment, so all garments were kept
-    # uint8 at the working size, with labels=True: 0 outside, 1 upper, 2 lower, 3 full (the mask
-    # pixel's most probable class), LABEL_PRODUCT for a flat-lay's matte (its class is unknown)
+    # uint8 at the working size, with labels=True: 0 outside, else the LABEL_CODES of the mask
+    # pixel's most probable class, or LABEL_PRODUCT for a flat-lay's matte (its class is unknown)
     labels: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -296,7 +296,7 @@ class GarmentPipeline:
             if labels:
                 singles = np.stack([resize_plane(plane_set[plane_of[(c,)]], works[i].size) for c in kept])
                 label = np.zeros(mask.shape, np.uint8)
-                codes = np.array([GARMENT_CLASSES.index(c) + 1 for c in kept], np.uint8)
+                codes = np.array([LABEL_CODES[c] for c in kept], np.uint8)
                 label[mask] = codes[np.argmax(singles[:, mask], axis=0)]
                 results[i].labels = label
         lap("cloth_seg")

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import Unprocessable
+from shared.garment_request import LABEL_CLASSES
 from shared.garment_vocabulary import GARMENT_CLASSES
 from shared.images import CROP_MARGIN, DecodedImage, crop_to_mask, flatten_onto_black
 
@@ -29,7 +30,6 @@ class GarmentServiceError(RuntimeError):
     garment or "no garment". The build must stop: skipping would drop images silently."""
 
 
-LABEL_CLASSES = {1: "upper", 2: "lower", 3: "full", 255: None}  # the bg label map's codes (255: a flat-lay)
 DEFAULT_LOOK_MIN_FRACTION = 0.01  # a look's garment covers at least this share of the photo
 
 

@@ -11,6 +11,11 @@ from shared.garment_vocabulary import GARMENT_CLASSES, Vocabulary
 GARMENT_FIELDS = {"classes", "product", "fallback"}
 MAX_PRODUCT_CHARS = 500
 FALLBACKS = ("all", "none")
+# The garment label map's codes (bg POST /labels, read by search's look): one per class, and
+# LABEL_PRODUCT for a flat-lay's product matte, which has no class.
+LABEL_PRODUCT = 255
+LABEL_CODES = {name: i + 1 for i, name in enumerate(GARMENT_CLASSES)}
+LABEL_CLASSES = {**{code: name for name, code in LABEL_CODES.items()}, LABEL_PRODUCT: None}
 
 
 @dataclass(frozen=True)

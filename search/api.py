@@ -126,10 +126,9 @@ def _read_query(*, with_n: bool = True) -> _Query:
     has_photo = photo is not None or photo_url is not None
     if has_photo:
         _photos()  # refused before any work when photo queries are off
-    else:
-        for name in sorted(PHOTO_FIELDS & set(got.fields)):
-            raise BadRequest(f"{name} applies to a photo's garments: send a photo (image_url, file or an "
-                             "image/* body) with it.", field=name)
+    elif photo_only := sorted(PHOTO_FIELDS & set(got.fields)):
+        raise BadRequest(f"{photo_only[0]} applies to a photo's garments: send a photo (image_url, file or an "
+                         "image/* body) with it.", field=photo_only[0])
     # A page's empty text box next to a photo is no text; without a photo, text is required.
     text = None if has_photo and (raw_text is None or (isinstance(raw_text, str) and not raw_text.strip())) \
         else parse_text(raw_text)

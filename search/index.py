@@ -440,7 +440,6 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         product_garments=[report.choices[name] for name in names],
         image_fallbacks=[bool(done[im.relpath][3]) for im in kept],
     )
-    fallback_products = {im.product for im in kept if done[im.relpath][3]}
     write_index(out, content, {
         "embedder": identity,
         "garment_pipeline": garment_id,
@@ -450,14 +449,9 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         "catalog_dir": str(catalog.resolve()),
         "catalog_fingerprint": catalog_fingerprint(images),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "garment_classes": {
-            "vocabulary": {"path": str(vocabulary.path) if vocabulary.path else None, "sha256": vocabulary.sha256,
-                           "version": vocabulary.version},
-            "products_from_text": sum(report.choices[name].source == "product" for name in names),
-            "products_all_classes": sum(report.choices[name].source == "all" for name in names),
-            "products_with_fallback": len(fallback_products),
-            "fallback_images": sum(bool(done[im.relpath][3]) for im in kept),
-        },
+        # how each product's classes were chosen is in the arrays (garment_summary counts them)
+        "garment_vocabulary": {"path": str(vocabulary.path) if vocabulary.path else None,
+                               "sha256": vocabulary.sha256, "version": vocabulary.version},
         "skipped": report.skipped,
     }, extra=add_ann)
     index = Index.load(out, for_building=True)
@@ -478,7 +472,7 @@ def print_report(report: BuildReport, out: Path) -> None:
         print("background-removal pipeline changed: " + "; ".join(report.pipeline_changes))
     if report.reembedded:
         print("embedded because: " + ", ".join(f"{why} {n}" for why, n in report.reembedded.most_common()))
-    print(garment_summary_line(Index.load(out).meta.get("garment_classes", {})))
+    print(garment_summary_line(garment_summary(Index.load(out))))
     for entry in report.skipped:
         print(f"skipped: {entry['image']}: {entry['reason']}")
     if report.duplicates:
@@ -503,12 +497,12 @@ def garment_summary(index: Index) -> dict:
         "products_with_fallback": with_fallback,
         "fallback_images": int(fallbacks.sum()),
         "classes_chosen": dict(Counter(",".join(c.classes) for c in choices).most_common()),
-        **({"vocabulary": index.meta["garment_classes"]["vocabulary"]} if "garment_classes" in index.meta else {}),
+        "vocabulary": index.meta.get("garment_vocabulary"),
     }
 
 
 def garment_summary_line(summary: dict) -> str:
-    if not summary:
+    if not summary["recorded"]:
         return "garment classes: not recorded (an index built before product-only masks keeps all classes)"
     return (f"garment classes: {summary['products_from_text']} products from their text, "
             f"{summary['products_all_classes']} with all classes (their text names no garment); "
@@ -576,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {k: v for k, v in index.meta.items() if k != "skipped"}
         summary = garment_summary(index)
         print(json.dumps({**meta, "skipped": len(index.meta.get("skipped", [])), "garment_classes": summary}, indent=1))
-        print(garment_summary_line(summary if summary["recorded"] else {}), file=sys.stderr)
+        print(garment_summary_line(summary), file=sys.stderr)
         return 0
 
     from search.garments import GarmentServiceError

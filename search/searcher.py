@@ -91,12 +91,11 @@ class Searcher:
             for row, score in zip(hits.rows.tolist(), hits.scores.tolist(), strict=True):
                 if row not in best or score > best[row][0]:
                     best[row] = (score, which)
-        top = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:n]
-        results = []
-        for row, (score, which) in top:
-            image = self.store.best_images(queries[which], np.array([row], np.int64))[0]
-            results.append(Result(self.index.products[row], self.index.image_files[int(image)], float(score)))
-        return results
+        rows = np.fromiter(best, np.int64, len(best))
+        top = Hits.best(rows, np.array([best[row][0] for row in rows.tolist()], np.float32), n)
+        # each product's image is the one its best-scoring vector matches best
+        return [self._results(queries[best[row][1]], Hits(top.rows[i:i + 1], top.scores[i:i + 1]))[0]
+                for i, row in enumerate(top.rows.tolist())]
 
     def similar(self, product_name: str, n: int) -> list[Result]:
         """The n products nearest to that product's pooled vector, without itself ("more like

@@ -104,11 +104,11 @@ def main() -> int:
         CLOTH_INPUTS,
         MATTE_INPUTS,
         ModelSession,
-        OnnxRunner,
         model_input,
         summed_probability,
     )
     from bgremoval.torch_backend import TorchRunner
+    from shared.sessions import OnnxRunner
 
     # 1. models alone
     runners, specs = {}, {name: {**MATTE_INPUTS, **CLOTH_INPUTS}[name] for name in MODELS}
@@ -183,7 +183,7 @@ def main() -> int:
 
     # 4. a whole build, with and without the decode pool
     from search.garments import LocalGarments
-    from search.index import build_index
+    from search.indexing.builder import build_index
 
     catalog = Path(tempfile.mkdtemp(prefix="gpu-check-catalog-"))
     distinct = [photo_jpeg(i) for i in range(16)]

@@ -55,7 +55,8 @@ def models_alone(catalog: Path, env: dict, batch_size: int, share: tuple[int, in
     in this process; `start` (a barrier) lines up concurrent runs once their models are loaded."""
     os.environ.update(env)
     from search.config import ClipSettings
-    from search.index import BuildModels, scan_catalog
+    from search.indexing.catalog import scan_catalog
+    from search.indexing.embedding import BuildModels
     from shared.errors import Unprocessable
     from shared.images import decode_image
 
@@ -125,7 +126,7 @@ def main() -> int:
     if not CATALOG.is_dir():
         print(f"skipped: {CATALOG} is absent")
         return 0
-    from search.store import Index
+    from search.index_format import Index
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

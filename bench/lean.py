@@ -83,7 +83,7 @@ def main() -> int:
     from bench.memory import add_text_encoder, write_synthetic_index
     from search.config import ClipSettings
     from search.embedder import ClipEmbedder
-    from search.export import summary
+    from search.indexing.export import summary
     from search.text_encoder import read_export_meta
 
     with tempfile.TemporaryDirectory() as tmp:

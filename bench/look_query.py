@@ -87,11 +87,11 @@ def main() -> int:
     from bgremoval.pipeline import GarmentPipeline
     from search.config import ClipSettings
     from search.embedder import ClipEmbedder
-    from search.export import export_text_encoder
     from search.garments import LocalGarments
     from search.image_encoder import OnnxImageEncoder
+    from search.index_format import Index
+    from search.indexing.export import export_text_encoder
     from search.searcher import Searcher
-    from search.store import Index
     from search.text_encoder import EXPORT_DIRNAME
     from shared.images import decode_image
 

@@ -65,7 +65,7 @@ def mapped_file_mb(pid: int, folder: str) -> tuple[float, float]:
 def write_synthetic_index(root: Path, products: int, per_product: int, identity: dict, dim: int, seed: int = 0):
     from PIL import Image
 
-    from search.store import IndexArrays, write_index
+    from search.index_format import IndexArrays, write_index
 
     rng = np.random.default_rng(seed)
     catalog, out = root / "catalog", root / "index"
@@ -101,7 +101,7 @@ def add_text_encoder(index_dir: Path, embedder, reuse: str | None = None) -> Pat
     or copy `reuse`, an export of the same weights."""
     import shutil
 
-    from search.export import export_text_encoder
+    from search.indexing.export import export_text_encoder
     from search.text_encoder import EXPORT_DIRNAME
 
     export = index_dir / EXPORT_DIRNAME

@@ -105,7 +105,7 @@ def main() -> int:
 
     from search.config import ClipSettings
     from search.embedder import ClipEmbedder
-    from search.export import export_text_encoder
+    from search.indexing.export import export_text_encoder
     from search.text_encoder import EXPORT_DIRNAME
 
     embedder = ClipEmbedder(ClipSettings(model=args.model, pretrained=""))

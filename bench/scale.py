@@ -236,7 +236,7 @@ class SampleReplica:
     name = "sample"
 
     def __init__(self, sample_index: Path, params: SampleParams = SampleParams()):
-        from search.store import WORD, Index
+        from search.index_format import WORD, Index
 
         self.p = params
         index = Index.load(sample_index)
@@ -309,7 +309,7 @@ def write_generated_index(out: Path, generator, n: int, identity: dict, catalog:
     """Write an index of n products x 5 images in the format search.store.write_index writes (same
     files, names sorted and unique), generating and writing CHUNK products at a time through file
     writes, not a memory map, so the process holds one chunk (not 12 GB of dirty mapped pages)."""
-    from search.store import FORMAT_VERSION, NameIndex, StringTable, new_generation_name, write_meta
+    from search.index_format import FORMAT_VERSION, NameIndex, StringTable, new_generation_name, write_meta
 
     out.mkdir(parents=True, exist_ok=True)
     generation = new_generation_name()
@@ -501,7 +501,7 @@ def app_without_catalog_check():
     except that the start-up check that every image file exists is skipped (5M stat() calls and
     symlinks at 1M products). Used only for the memory/HTTP runs of sizes without a catalog."""
     from search import create_app
-    from search.store import Index
+    from search.index_format import Index
 
     Index.missing_images = lambda self, catalog, limit=5: (0, [])
     return create_app()
@@ -580,7 +580,7 @@ class Bench:
     # ----------------------------------------------------------------- data
 
     def dataset(self, name: str, n: int):
-        from search.store import Index
+        from search.index_format import Index
 
         a = self.args
         folder = self.out / f"{name}-{size_label(n)}"
@@ -626,8 +626,8 @@ class Bench:
 
     def ann_entry(self, folder: Path, index, kind: str, params: dict, tag: str) -> dict:
         """Build (or reuse with --keep) the FAISS index `tag`; its meta entry, with the build time."""
-        from search.store import update_meta
-        from search.vectors.faiss_ann import build_ann
+        from search.index_format import update_meta
+        from search.indexing.ann import build_ann
 
         registry_path = folder / "ann.json"
         registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
@@ -732,7 +732,7 @@ class Bench:
             f"w0.3 {result['w03']['p50_ms']:.2f} ms recall {result['w03']['recall']:.3f}")
 
     def tune_faiss(self, folder, index, kind, n, texts, vectors, truth, sec) -> None:
-        from search.vectors.faiss_ann import default_params
+        from search.indexing.ann import default_params
 
         points, warmed = [], set()
         for point in self.grid(kind, n):
@@ -777,7 +777,7 @@ class Bench:
         a = self.args
         try:
             from search.config import BackendSettings
-            from search.publish import publish
+            from search.indexing.publish import publish
             from search.vectors import open_store
         except ImportError as exc:
             sec["backends"]["milvus"] = {"skipped": f"not run: backend not ready ({exc})"}
@@ -845,7 +845,7 @@ class Bench:
         app = "search:create_app()" if with_catalog else "bench.scale:app_without_catalog_check()"
         base_env = {"SEARCH_INDEX_DIR": str(index.directory), "SEARCH_CATALOG_DIR": str(catalog if with_catalog else empty)}
         sec["http"] = {"app": app, "rows": {}}
-        from search.store import update_meta
+        from search.index_format import update_meta
 
         for backend in a.backends:
             if self.left_min() < 4:

@@ -51,7 +51,8 @@ def main() -> int:
     from search.config import ClipSettings, SearchConfig
     from search.embedder import ClipEmbedder
     from search.garments import LocalGarments
-    from search.index import build_index, scan_catalog
+    from search.indexing.builder import build_index
+    from search.indexing.catalog import scan_catalog
     from tests.oracle_models import write_oracle_models
 
     settings = ClipSettings(model=args.model, pretrained="", threads=args.threads)

@@ -21,9 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from search.config import SearchConfig
-from search.index import POOLINGS, Index, build_index, pool_products, print_report
+from search.index_format import POOLINGS, Index
+from search.indexing.builder import build_index
+from search.indexing.pooling import pool_products
+from search.indexing.report import print_report
 from search.searcher import Searcher
 from search.text_encoder import export_dir, open_text_encoder
+from shared.settings import exit_on_bad_settings
 
 NAME_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0)
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=Path, required=True)
     parser.add_argument("--index", type=Path, help="an index built from --catalog with the configured model")
     args = parser.parse_args(argv)
-    config = SearchConfig.from_env()
+    config = exit_on_bad_settings(SearchConfig.from_env)
 
     from search.embedder import ClipEmbedder
 

@@ -7,8 +7,8 @@ from threading import Lock
 
 import numpy as np
 
-from search.store import Index, words
-from search.vectors import Hits
+from search.index_format import Index, words
+from search.vectors import Capability, Hits
 
 CHEAP_LEVEL = 4096  # products of one name score that are always asked about (read row by row)
 SCORE_SLACK = 1e-3  # how far a backend's own ordering may stray from true cosines (float16 scans)
@@ -126,7 +126,7 @@ class Searcher:
         """The n best products by (1 - w) * visual + w * name score (w = name_weight); by the
         visual score alone for a query without text (a photo)."""
         w = self.name_weight if text is not None else 0.0
-        if hasattr(self.store, "scores"):  # exact: every product's score is at hand anyway
+        if self.store.supports(Capability.SCORES_EVERY_PRODUCT):  # exact: every product's score is at hand anyway
             scores = self.store.scores(query)
             if w:
                 scores = (1.0 - w) * scores + w * self.index.names.scores(text)

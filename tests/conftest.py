@@ -170,7 +170,7 @@ def synthetic_catalog(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_index(tmp_path_factory, synthetic_catalog, tiny_embedder, bg_pipeline) -> Path:
     from search.garments import LocalGarments
-    from search.index import build_index
+    from search.indexing.builder import build_index
 
     out = tmp_path_factory.mktemp("index")
     report = build_index(synthetic_catalog, out, tiny_embedder, LocalGarments(bg_pipeline), progress=False)
@@ -192,14 +192,14 @@ def backend_settings(backend: str, index_dir: Path, scratch: Path):
     if backend == "exact":
         return index_dir, BackendSettings()
     if backend == "faiss":
-        from search.vectors.faiss_ann import build_ann
+        from search.indexing.ann import build_ann
 
         copy = scratch / "index"
         shutil.copytree(index_dir, copy)
         build_ann(copy, "hnsw", {"M": 8}, progress=False)
         return copy, BackendSettings(backend="faiss")
     pytest.importorskip("milvus_lite", reason="the milvus backend's tests need milvus-lite (requirements-dev.txt)")
-    publish = pytest.importorskip("search.publish", reason="search/publish.py is not there yet").publish
+    publish = pytest.importorskip("search.indexing.publish", reason="search/indexing/publish.py is not there yet").publish
     uri = str(scratch / "milvus.db")
     publish(index_dir, uri, progress=False)
     return index_dir, BackendSettings(backend="milvus", milvus_uri=uri)
@@ -208,7 +208,7 @@ def backend_settings(backend: str, index_dir: Path, scratch: Path):
 @pytest.fixture(scope="session")
 def text_export(tmp_path_factory, tiny_embedder) -> Path:
     """The tiny model's text tower exported to ONNX (fp32 and int8), as search.export writes it."""
-    from search.export import export_text_encoder
+    from search.indexing.export import export_text_encoder
 
     out = tmp_path_factory.mktemp("export") / "text-encoder"
     export_text_encoder(tiny_embedder, out)

@@ -127,7 +127,7 @@ def xss_catalog(synthetic_catalog, tmp_path_factory) -> Path:
 def xss_index(xss_catalog, tiny_embedder, bg_pipeline, text_export, tmp_path_factory) -> Path:
     """Index of `xss_catalog`, with the tiny model's ONNX text export inside (as onnx_index)."""
     from search.garments import LocalGarments
-    from search.index import build_index
+    from search.indexing.builder import build_index
     from search.text_encoder import EXPORT_DIRNAME
 
     out = tmp_path_factory.mktemp("browser-index") / "index"

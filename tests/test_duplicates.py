@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from search.duplicates import find_duplicates
+from search.indexing.duplicates import find_duplicates
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

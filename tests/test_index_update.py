@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 from werkzeug.serving import make_server
 
 from search.garments import GarmentServiceError, LocalGarments, RemoteGarments
-from search.index import Index, build_index
+from search.index_format import Index
+from search.indexing.builder import build_index
 
 FLAT_LAY = "8-grey-flat-lay-888"
 
@@ -125,7 +126,7 @@ def test_a_changed_setting_reembeds_what_it_affects(built, tmp_path, catalog, ti
     from bgremoval.pipeline import GarmentPipeline
 
     out = fresh_copy(built, tmp_path)
-    changed = GarmentPipeline(bg_models, replace(bg_pipeline_settings(), **{setting: value}))
+    changed = GarmentPipeline(bg_models, bg_pipeline_settings().model_copy(update={setting: value}))
     report = build_index(catalog, out, tiny_embedder, LocalGarments(changed), update=True, progress=False)
     by_source = sources(built)
     if setting == "garment_threshold":  # only masks of a person's garment depend on it
@@ -248,7 +249,7 @@ def test_no_garment_is_the_only_skip_and_it_is_listed(tmp_path, catalog, tiny_em
 
 
 def test_cli_reports_a_failed_service_and_exits_non_zero(built, tmp_path, catalog, bg_service, monkeypatch, capsys):
-    from search import index as index_cli
+    from search.indexing import cli as index_cli
     from tests.conftest import TINY
 
     url, _ = bg_service(status=503, count=10**6)
@@ -269,7 +270,7 @@ def test_workers_build_the_same_index(tmp_path, synthetic_catalog, synthetic_ind
     """--workers 2: two spawned processes, each loading its own models from the settings (the
     oracle bg models through U2NET_HOME), give the index one process gives."""
     from search.config import ClipSettings
-    from search.index import BuildModels
+    from search.indexing.embedding import BuildModels
     from tests.conftest import TINY
 
     out = tmp_path / "index"
@@ -303,7 +304,7 @@ def test_decoding_ahead_in_processes_builds_the_same_index(tmp_path, synthetic_c
 def test_workers_refuse_models_other_than_the_builds(tmp_path, synthetic_catalog, tiny_embedder, bg_pipeline,
                                                      oracle_weights):
     from search.config import ClipSettings
-    from search.index import BuildModels
+    from search.indexing.embedding import BuildModels
     from tests.conftest import TINY
 
     with pytest.raises(RuntimeError, match="other models"):
@@ -318,7 +319,7 @@ def test_ray_build_gives_the_same_index(tmp_path, synthetic_catalog, synthetic_i
     the index matches the single-process build within 1e-5."""
     pytest.importorskip("ray", reason="the Ray build needs requirements-ray.txt")
     from search.config import ClipSettings
-    from search.index import BuildModels
+    from search.indexing.embedding import BuildModels
     from tests.conftest import TINY
 
     for key, value in {"CLIP_MODEL": TINY["model"], "CLIP_PRETRAINED": "", "CLIP_CONFIG_DIR": TINY["extra_config_dir"]}.items():
@@ -338,7 +339,7 @@ def test_ray_build_gives_the_same_index(tmp_path, synthetic_catalog, synthetic_i
 def test_build_cli_publishes_to_milvus(tmp_path, synthetic_catalog, oracle_weights, monkeypatch, capsys):
     """`build --publish URI`: the build, then the idempotent upsert into Milvus (Lite here)."""
     pytest.importorskip("milvus_lite", reason="needs milvus-lite (requirements-dev.txt)")
-    from search.index import main
+    from search.indexing.cli import main
     from tests.conftest import TINY
 
     for key, value in {"CLIP_MODEL": TINY["model"], "CLIP_PRETRAINED": "", "CLIP_CONFIG_DIR": TINY["extra_config_dir"]}.items():

@@ -71,7 +71,7 @@ def test_token_ids_match_open_clip_on_100_kb(open_clip_tokenizer, text_export):
 def test_fp32_onnx_matches_open_clip_encode_text(tiny_embedder, text_export):
     import torch
 
-    from search.export import check_texts
+    from search.indexing.export import check_texts
 
     encoder = OnnxTextEncoder(text_export)
     texts = check_texts() + varied_strings(60, seed=2)
@@ -145,7 +145,7 @@ def test_service_refuses_an_export_of_other_weights(tmp_path, synthetic_index, t
     """An export of seed 1 beside an index built with seed 0: not ready, and the reason says why."""
     from search import create_app
     from search.embedder import ClipEmbedder
-    from search.export import export_text_encoder
+    from search.indexing.export import export_text_encoder
 
     index = tmp_path / "index"
     shutil.copytree(synthetic_index, index)
@@ -158,7 +158,7 @@ def test_service_refuses_an_export_of_other_weights(tmp_path, synthetic_index, t
 
 
 def test_export_cli_checks_the_index(tmp_path, synthetic_index, monkeypatch, capsys):
-    from search.export import main
+    from search.indexing.export import main
 
     for key, value in {"CLIP_MODEL": "tiny-clip", "CLIP_PRETRAINED": "", "CLIP_CONFIG_DIR": TINY["extra_config_dir"],
                        "CLIP_SEED": "1"}.items():

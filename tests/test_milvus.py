@@ -20,9 +20,9 @@ except ImportError as exc:  # pragma: no cover - both are in requirements-dev.tx
     pytest.skip(f"the milvus backend's tests need pymilvus and milvus-lite: {exc}", allow_module_level=True)
 
 from search.config import BackendSettings, ClipSettings, SearchConfig
-from search.index import pool_products
-from search.publish import PublishError, publish, register
-from search.store import Index, IndexArrays, write_index
+from search.index_format import Index, IndexArrays, write_index
+from search.indexing.pooling import pool_products
+from search.indexing.publish import PublishError, publish, register
 from search.vectors import Hits, VectorStoreError
 from search.vectors import milvus as milvus_module
 from search.vectors.exact import ExactStore
@@ -170,7 +170,7 @@ def test_products_the_local_index_lacks_are_skipped(lite, tmp_path, caplog):
 def test_publish_is_idempotent_and_removes_gone_products(synthetic_catalog, synthetic_index, tiny_embedder,
                                                          bg_pipeline, tmp_path):
     from search.garments import LocalGarments
-    from search.index import build_index
+    from search.indexing.builder import build_index
 
     uri = str(tmp_path / "milvus.db")
     first = publish(synthetic_index, uri, progress=False)

@@ -86,7 +86,7 @@ def catalog(tmp_path_factory):
 
 
 def build(catalog, out, embedder, garments, **kwargs):
-    from search.index import build_index
+    from search.indexing.builder import build_index
 
     return build_index(catalog, out, embedder, garments, progress=False, **kwargs)
 
@@ -121,7 +121,7 @@ def product_client(product_index, colour_embedder, local_garments):
 
 
 def product_vector(index_dir, name):
-    from search.store import Index
+    from search.index_format import Index
 
     index = Index.load(index_dir)
     return np.asarray(index.product_embeddings[index.products.find(name)])
@@ -148,8 +148,8 @@ def test_with_every_garment_kept_the_two_products_are_indistinguishable(all_garm
 
 
 def test_the_index_records_each_products_classes_and_the_product_record(product_index, product_client):
-    from search.index import garment_summary
-    from search.store import Index
+    from search.index_format import Index
+    from search.indexing.report import garment_summary
 
     summary = garment_summary(Index.load(product_index))
     assert summary["products_from_text"] == 2 and summary["products_all_classes"] == 0
@@ -206,8 +206,8 @@ def test_look_over_http_equals_in_process(product_index, colour_embedder, produc
 
 
 def test_a_photo_without_the_products_garment_falls_back_to_all_garments(tmp_path, colour_embedder, local_garments):
-    from search.index import garment_summary
-    from search.store import Index
+    from search.index_format import Index
+    from search.indexing.report import garment_summary
 
     catalog = write_catalog(tmp_path / "catalog", {
         TUNIC: [outfit(0), outfit(0, top=None)],  # the second photo shows only the jeans
@@ -225,7 +225,7 @@ def test_a_photo_without_the_products_garment_falls_back_to_all_garments(tmp_pat
 
 
 def test_info_prints_where_the_classes_came_from(product_index, capsys):
-    from search.index import main
+    from search.indexing.cli import main
 
     assert main(["info", "--index", str(product_index)]) == 0
     captured = capsys.readouterr()
@@ -246,7 +246,7 @@ def test_update_reembeds_exactly_the_products_whose_choice_changed(tmp_path, col
     changed = build(catalog, out, colour_embedder, local_garments, update=True, vocabulary=vocabulary_without("jeans"))
     assert changed.reembedded_products == {JEANS} and changed.embedded == 2 and changed.reused == 2
     assert changed.reembedded == {"garment classes changed": 2}
-    from search.store import Index
+    from search.index_format import Index
 
     index = Index.load(out)
     assert index.product_garments(index.products.find(JEANS)).source == "all"

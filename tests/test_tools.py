@@ -208,7 +208,7 @@ def test_the_scale_bench_writes_a_servable_index_of_clip_like_vectors(tmp_path):
     """bench/scale.py's generator writes the service's index format, and its vectors have the
     geometry its docstring promises (shared direction, close neighbours, a text-like gap)."""
     from bench.scale import PER_PRODUCT, ClipLike, ClipLikeParams, data_stats, write_generated_index
-    from search.store import Index
+    from search.index_format import Index
     from search.vectors.exact import ExactStore
 
     generator = ClipLike(ClipLikeParams(categories=30))

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.store import Index
-from search.vectors import Hits, VectorStore
+from search.index_format import Index
+from search.vectors.base import Capability, Hits, VectorStore
 
 CHUNK_ROWS = 16384  # rows scored at a time when only some products count: bounded temporaries
 
 
 class ExactStore(VectorStore):
     backend = "exact"
+    capabilities = frozenset({Capability.SCORES_EVERY_PRODUCT})  # one scan scores them all anyway
 
     def __init__(self, index: Index):
         self.index = index

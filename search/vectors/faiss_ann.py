@@ -1,19 +1,17 @@
-"""Approximate search with FAISS (SEARCH_BACKEND=faiss).
+"""Approximate search with FAISS (SEARCH_BACKEND=faiss): the store that serves it.
 
-The indexer builds the approximate index beside the arrays (`--ann KIND`, or later with
-`python -m search.index ann`), over the pooled product vectors (max/mean pooling) or over the
-image vectors (score-max: a product scores as its best image). The service reads it memory-mapped
-where FAISS allows it, asks it for `oversample` x k candidates, and re-scores those exactly from
-the index's own matrices, so every returned score is a true cosine and the order among the
-candidates is exact; only a product the ANN never proposes can be missed (recall, see
+The indexer builds the approximate index beside the arrays (search/indexing/ann.py: `--ann KIND`,
+or later with `python -m search.index ann`), over the pooled product vectors (max/mean pooling) or
+over the image vectors (score-max: a product scores as its best image). This store reads it
+memory-mapped where FAISS allows it, asks it for `oversample` x k candidates, and re-scores those
+exactly from the index's own matrices, so every returned score is a true cosine and the order
+among the candidates is exact; only a product the ANN never proposes can be missed (recall, see
 bench/scale.py).
 
-Kinds and their parameters (--ann-param key=value):
-    hnsw       M=32 (links per node: memory and recall), ef_construction=200 (build breadth);
-               query breadth SEARCH_FAISS_EF_SEARCH (256)
-    ivf-pq     nlist=4*sqrt(n) (clusters), m=64 (sub-quantizers: bytes per vector), nbits=8;
-               query breadth SEARCH_FAISS_NPROBE (32)
-    ivf-flat   nlist=4*sqrt(n); nprobe as above
+Query-time settings per kind (the build parameters are in search/indexing/ann.py):
+    hnsw       query breadth SEARCH_FAISS_EF_SEARCH (256)
+    ivf-pq     query breadth SEARCH_FAISS_NPROBE (32)
+    ivf-flat   nprobe as above
     flat-fp16  every vector scanned in float16 (half the bytes of the exact backend), candidates
                re-scored in float32: exact up to float16 rounding; also the float16 copy that
                SEARCH_BACKEND=exact SEARCH_EXACT_DTYPE=float16 scans
@@ -21,27 +19,18 @@ Every kind: SEARCH_FAISS_OVERSAMPLE (16) x k candidates are re-scored exactly.
 """
 from __future__ import annotations
 
-import math
-import os
 import sys
-import time
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from search.store import Index
-from search.vectors import Hits, VectorStore, VectorStoreError
+from search.index_format import Index
+from search.vectors.base import Hits, VectorStore, VectorStoreError
 from search.vectors.exact import ExactStore
 
-ANN_KINDS = ("hnsw", "ivf-pq", "ivf-flat", "flat-fp16")
-ADD_BATCH = 100_000
-TRAIN_MAX = 262_144  # vectors used to train IVF/PQ codebooks
 GATHER_LIMIT = 4096  # a set of products this small is scored from its float32 rows, not searched
 
 
-def _faiss():
+def faiss_module():
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - faiss-cpu is in requirements-search.txt
@@ -49,77 +38,9 @@ def _faiss():
     return faiss
 
 
-def default_params(kind: str, n: int, dim: int) -> dict:
-    nlist = max(1, min(65536, int(4 * math.sqrt(n))))
-    return {
-        "hnsw": {"M": 32, "ef_construction": 200},
-        "ivf-pq": {"nlist": nlist, "m": 64 if dim % 64 == 0 else 8, "nbits": 8},
-        "ivf-flat": {"nlist": nlist},
-        "flat-fp16": {},
-    }[kind]
-
-
-def build_ann_file(vectors: np.ndarray, over: str, kind: str, params: dict | None, path: Path, *,
-                   progress: bool = True) -> dict:
-    """Build the approximate index over `vectors` (float32, normalised), write it to `path`;
-    returns the meta.json entry that describes it."""
-    if kind not in ANN_KINDS:
-        raise ValueError(f"--ann must be one of {', '.join(ANN_KINDS)}")
-    faiss = _faiss()
-    n, dim = vectors.shape
-    params = {**default_params(kind, n, dim), **(params or {})}
-    started = time.perf_counter()
-    metric = faiss.METRIC_INNER_PRODUCT
-    if kind == "hnsw":
-        ann = faiss.IndexHNSWFlat(dim, int(params["M"]), metric)
-        ann.hnsw.efConstruction = int(params["ef_construction"])
-    elif kind == "flat-fp16":
-        ann = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, metric)
-    else:
-        params["nlist"] = min(int(params["nlist"]), n)
-        quantizer = faiss.IndexFlatIP(dim)
-        if kind == "ivf-pq":
-            ann = faiss.IndexIVFPQ(quantizer, dim, int(params["nlist"]), int(params["m"]), int(params["nbits"]), metric)
-        else:
-            ann = faiss.IndexIVFFlat(quantizer, dim, int(params["nlist"]), metric)
-        ann.own_fields = True
-        quantizer.this.disown()
-    if not ann.is_trained:
-        sample = np.random.default_rng(0).choice(n, size=min(n, TRAIN_MAX), replace=False)
-        ann.train(np.ascontiguousarray(vectors[np.sort(sample)], np.float32))
-    bar = tqdm(total=n, desc=f"faiss {kind}", unit="vec", disable=not progress)
-    for first in range(0, n, ADD_BATCH):
-        ann.add(np.ascontiguousarray(vectors[first:first + ADD_BATCH], np.float32))
-        bar.update(min(ADD_BATCH, n - first))
-    bar.close()
-    staged = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(ann, str(staged))
-    os.replace(staged, path)
-    return {"kind": kind, "params": params, "over": over, "file": path.name, "vectors": int(n),
-            "metric": "ip", "build_seconds": round(time.perf_counter() - started, 1),
-            "bytes": path.stat().st_size}
-
-
-def ann_source(image_embeddings: np.ndarray, product_embeddings: np.ndarray, pooling: str) -> tuple[np.ndarray, str]:
-    """What the approximate index covers: products, or images for score-max pooling."""
-    return (image_embeddings, "images") if pooling == "score-max" else (product_embeddings, "products")
-
-
-def build_ann(index_dir: Path, kind: str, params: dict | None = None, *, progress: bool = True) -> dict:
-    """Add (or replace) the approximate index of an existing index: written into its current
-    generation folder, then recorded in meta.json atomically. Returns the meta entry."""
-    from search.store import update_meta
-
-    index = Index.load(index_dir)
-    vectors, over = ann_source(index.image_embeddings, index.product_embeddings, index.pooling)
-    path = index.directory / index.meta["generation"] / f"ann-{kind}.faiss"
-    entry = build_ann_file(vectors, over, kind, params, path, progress=progress)
-    update_meta(index_dir, ann=entry)
-    return entry
-
-
 class FaissStore(VectorStore):
     backend = "faiss"
+    capabilities = frozenset()  # candidates only: no score of every product
 
     def __init__(self, index: Index, ann, entry: dict, mapped: bool, settings):
         self.index, self.ann, self.entry, self.mapped = index, ann, entry, mapped
@@ -133,7 +54,7 @@ class FaissStore(VectorStore):
 
     def search_params(self, sel=None):
         """FAISS query parameters of this kind (a new object: a selector is per call and per thread)."""
-        faiss = _faiss()
+        faiss = faiss_module()
         extra = {"sel": sel} if sel is not None else {}
         if self.entry["kind"] == "hnsw":
             return faiss.SearchParametersHNSW(efSearch=self.ef_search, **extra)
@@ -153,8 +74,8 @@ class FaissStore(VectorStore):
     @staticmethod
     def read(index: Index, entry: dict):
         """The FAISS index that `entry` describes, memory-mapped where its kind allows: (ann, entry, mapped)."""
-        faiss = _faiss()
-        path = index.directory / index.meta["generation"] / entry["file"]
+        faiss = faiss_module()
+        path = index.generation_dir / entry["file"]
         if not path.is_file():
             raise VectorStoreError(f"the index's approximate index {path} is missing; rebuild it")
         expected = len(index.image_files) if entry.get("over") == "images" else len(index.products)
@@ -197,7 +118,7 @@ class FaissStore(VectorStore):
     def candidates_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
         """The candidates among some product rows only: FAISS skips every other vector (a bitmap
         selector), so a flat scan reads only those rows' codes."""
-        faiss = _faiss()
+        faiss = faiss_module()
         mask = np.zeros(len(self.index.products), bool)
         mask[rows] = True
         if self.entry.get("over") == "images":
@@ -243,6 +164,7 @@ class Float16ExactStore(FaissStore):
     are true cosines; only products within float16 rounding of the k-th can swap places."""
 
     backend = "exact"  # any set of products the name blend asks about is scanned exactly too
+    capabilities = frozenset()  # it scans every product, but answers only the k best (no scores())
 
     @classmethod
     def open(cls, index: Index, settings) -> "Float16ExactStore":
@@ -252,7 +174,7 @@ class Float16ExactStore(FaissStore):
                 "SEARCH_EXACT_DTYPE=float16 scans the index's float16 copy of its vectors, and this "
                 f"index has {'a ' + entry['kind'] + ' approximate index' if entry else 'none'}; write it with "
                 "`python -m search.index ann --index DIR --ann flat-fp16`")
-        store = cls(index, *cls.read(index, entry), replace(settings, faiss_oversample=1))
+        store = cls(index, *cls.read(index, entry), settings.model_copy(update={"faiss_oversample": 1}))
         if entry.get("over") == "images":  # score-max: k products surely lie among k x (most images) hits
             store.hits_per_product = int(np.diff(index.product_starts).max(initial=1))
         return store

@@ -3,7 +3,7 @@ the embedded engine used by the tests), a Milvus standalone or cluster for http(
 
 The local index stays the service's metadata (product names, image files, name words); only the
 vectors live in Milvus, published from that index by `python -m search.index publish` (see
-search/publish.py). Two collections per published index:
+search/indexing/publish.py). Two collections per published index:
 
     <base>_products   name VARCHAR (primary key), vector FLOAT_VECTOR[dim] (the pooled vector),
                       digest VARCHAR (hash of the vector: publish upserts only what changed)
@@ -58,8 +58,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from search.store import PROBE_MIN_COSINE, Index
-from search.vectors import Hits, VectorStore, VectorStoreError
+from search.index_format import PROBE_MIN_COSINE, Index
+from search.vectors.base import Hits, VectorStore, VectorStoreError
 
 log = logging.getLogger("fashion.milvus")
 
@@ -82,7 +82,7 @@ NOT_LOADED = 101  # Milvus' CollectionNotLoaded code: Milvus Lite forgets loads 
 _COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
 
 
-# --------------------------------------------------------------------------- shared with publish
+# --------------------------------------------------------------------------- shared with indexing/publish
 
 
 def pymilvus():
@@ -212,6 +212,7 @@ def search_params(index_info: dict, k: int, share: float = 1.0) -> dict:
 class MilvusStore(VectorStore):
     among_limit = EXACT_AMONG  # fetched and scored locally: exact and fast on any server
     backend = "milvus"
+    capabilities = frozenset()  # an ANN search: no score of every product
 
     def __init__(self, index: Index, settings):
         self.index = index

@@ -1,4 +1,7 @@
-"""The index on disk, and loaded for serving without copying it into each worker.
+"""The index format, in one place: what an index folder holds, how it is read (memory-mapped,
+for serving, and with the builder-only arrays for an --update) and how it is written (a new
+generation, then one atomic switch of meta.json). The service only reads it; search/indexing/
+writes it.
 
 Layout of an index folder:
 
@@ -17,6 +20,8 @@ Layout of an index folder:
         product_garments.*.npy     the vocabulary garment its text named ("tunic"; "" for none)
         image_fallbacks.npy        [images] uint8, 1 = its product's classes found no garment: all kept
         (these four are absent in indexes built before product-only masks: all classes, no fallback)
+        ann-<kind>.faiss           optional: the FAISS approximate index (search/indexing/ann.py),
+                                   described by meta.json's "ann" entry
 
 A build writes a new generation folder, then replaces meta.json in one atomic rename: a crash or a
 failed build leaves the previous index whole, and a worker that loads meanwhile sees either the old
@@ -191,6 +196,11 @@ class Index:
     @property
     def pooling(self) -> str:
         return self.meta["pooling"]
+
+    @property
+    def generation_dir(self) -> Path:
+        """The folder of the generation meta.json names (the arrays, the approximate index)."""
+        return self.directory / self.meta["generation"]
 
     @property
     def counts(self) -> np.ndarray:
@@ -418,6 +428,19 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
     return meta
 
 
+def ann_file_name(kind: str) -> str:
+    """The approximate index's file name inside a generation folder (meta.json's ann.file)."""
+    return f"ann-{kind}.faiss"
+
+
+def replace_file(path: Path, write) -> None:
+    """Write a file atomically: `write(staged)` writes it beside `path` (a hidden name), then one
+    rename puts it in place, so a reader sees the old file or the new one, never a part."""
+    staged = path.with_name(f".{path.name}.tmp")
+    write(staged)
+    os.replace(staged, path)
+
+
 def new_generation_name() -> str:
     """A generation folder name that sorts by time and never repeats."""
     return f"gen-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:4]}"
@@ -431,6 +454,12 @@ def write_meta(index_dir: Path, meta: dict) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(staged, Path(index_dir) / "meta.json")
+
+
+def read_meta(index_dir: Path) -> dict | None:
+    """An index folder's meta.json as written (no checks), or None where there is none yet."""
+    path = Path(index_dir) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def update_meta(index_dir: Path, **changes) -> dict:

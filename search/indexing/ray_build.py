@@ -3,11 +3,11 @@ Ray Data job, on a local Ray or a cluster.
 
     read    the catalog images the build has to embed, as rows (product, file, sha256)
     embed   map_batches over an actor pool: each actor loads the build's models once
-            (BuildModels: CLIP + the bg pipeline, or a bg service) and runs search.index.embed_batch,
-            the same function a local build runs; one GPU per actor where the cluster has GPUs
-            and DEVICE allows it, else one CPU per actor
-    merge   the driver streams the results back and search.index.build_index pools and writes
-            the index as for any build (a generation folder, one atomic switch of meta.json);
+            (BuildModels: CLIP + the bg pipeline, or a bg service) and runs
+            search.indexing.embedding.embed_batch, the same function a local build runs; one GPU
+            per actor where the cluster has GPUs and DEVICE allows it, else one CPU per actor
+    merge   the driver streams the results back and search.indexing.builder.build_index pools and
+            writes the index as for any build (a generation folder, one atomic switch of meta.json);
             `search.index publish` takes it to Milvus from there
 
 Every node needs this repository's code and requirements (the builder image, or a checkout with
@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from search.indexing.catalog import CatalogImage
+from search.indexing.embedding import check_same_models, embed_batch, models_fingerprint
+
 log = logging.getLogger("fashion.index")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The settings an actor's models are loaded from; sent to every actor so a cluster node builds
 # exactly the models the driver checked.
 FORWARDED_ENV = ("CLIP_", "BG_", "U2NET_HOME", "ORT_THREADS", "TORCH_THREADS", "DEVICE", "MODEL_CHECKSUM_DISABLED",
@@ -35,15 +38,11 @@ class EmbedActor:
     """One model set per actor, loaded once; embeds one batch of catalog rows per call."""
 
     def __init__(self, models, catalog: str):
-        from search.index import models_fingerprint
-
         self.embedder, self.garments = models.load()
         self.catalog = Path(catalog)
         self.fingerprint = models_fingerprint(self.embedder, self.garments)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from search.index import CatalogImage, embed_batch
-
         batch = [CatalogImage(str(p), str(f), str(s), tuple(str(c).split(",")))
                  for p, f, s, c in zip(rows["product"], rows["file"], rows["sha256"], rows["classes"], strict=True)]
         results = dict(embed_batch(self.catalog, batch, self.embedder, self.garments))
@@ -87,10 +86,8 @@ def actor_resources(device: str) -> tuple[int, dict]:
 
 def ray_batches(catalog: Path, batches: list, embedder, garments, models, address: str,
                 workers: int | None = None) -> Iterator[list[tuple[str, tuple | str]]]:
-    """search.index.embedded_batches on Ray: the same (relpath, outcome) lists, in batches of
-    the build's batch size, in whatever order the actors finish."""
-    from search.index import check_same_models, models_fingerprint
-
+    """search.indexing.executors.embedded_batches on Ray: the same (relpath, outcome) lists, in
+    batches of the build's batch size, in whatever order the actors finish."""
     try:
         import ray
     except ImportError:

@@ -1,0 +1,133 @@
+"""The product index: build it offline from a catalog folder; `search.index_format` loads it for serving.
+
+    python -m search.index build --catalog CATALOG_DIR --out INDEX_DIR [--update] [--pooling max] [--ann hnsw]
+    python -m search.index info --index INDEX_DIR
+    python -m search.index ann --index INDEX_DIR --ann hnsw        # FAISS index for SEARCH_BACKEND=faiss
+    python -m search.index publish --index INDEX_DIR --milvus URI  # vectors to Milvus (SEARCH_BACKEND=milvus)
+
+Catalog: one folder per product (folder name = product name), any number of images inside.
+Every image goes through the background-removal pipeline (in-process, or the service at
+--bg-url) keeping only the product's garment (its classes chosen from its name by
+shared/garment_vocabulary.json; all garments where those find none), is cropped to it and
+embedded with open_clip; a product's vector pools its images'. The files are described in
+`search/index_format.py`; the code of each step is in search/indexing/ (this is its command line).
+
+--update re-embeds only what changed: new or changed image bytes, images whose mask depends
+on a bg-pipeline setting or model that changed (the index records the pipeline's identity), and
+the products whose garment classes changed (a vocabulary change).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from search.config import SearchConfig
+from search.garments import GarmentServiceError
+from search.index_format import POOLINGS, Index
+from search.indexing.ann import ANN_KINDS, build_ann
+from search.indexing.builder import build_index
+from search.indexing.embedding import BuildModels
+from search.indexing.publish import PublishError, key_value, publish, register
+from search.indexing.report import garment_summary, garment_summary_line, print_report
+from search.text_encoder import EXPORT_DIRNAME, EXPORT_META
+from shared.garment_vocabulary import Vocabulary
+from shared.settings import exit_on_bad_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = exit_on_bad_settings(SearchConfig.from_env)  # a bad variable stops here, named
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="embed a catalog folder into an index")
+    build.add_argument("--catalog", type=Path, required=True)
+    build.add_argument("--out", type=Path, required=True)
+    build.add_argument("--pooling", choices=POOLINGS, default="max")
+    build.add_argument("--batch-size", type=int, default=None,
+                       help="images per CLIP call (default 16 on the CPU, 256 with DEVICE=cuda)")
+    build.add_argument("--update", action="store_true", help="re-embed only new or changed images")
+    build.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="run the garment and embedding steps as a Ray Data job: on a local Ray (no ADDRESS) "
+                            "or a cluster (e.g. ray://head:10001 or auto); see search/indexing/ray_build.py")
+    build.add_argument("--publish", metavar="MILVUS_URI",
+                       help="then upsert the new index into Milvus (as `search.index publish --milvus URI`; "
+                            "MILVUS_TOKEN / MILVUS_COLLECTION from the environment)")
+    build.add_argument("--workers", type=int, default=1,
+                       help="processes, each with its own models (CPU: one per core, with ORT_THREADS and "
+                            "TORCH_THREADS at 1); 0 = one per core. The index is the same as with 1")
+    build.add_argument("--decode-workers", type=int, default=None,
+                       help="processes decoding photos ahead of the models (default: 0 on the CPU, where the models "
+                            "use every core; up to 8 with DEVICE=cuda, so the GPU never waits)")
+    build.add_argument("--dup-threshold", type=float, default=0.97, help="embedding cosine for the duplicate report")
+    build.add_argument("--vocabulary", type=Path, default=settings.vocabulary_path,
+                       help="the product-text -> garment classes file (default: GARMENT_VOCABULARY, else the one "
+                            "shipped in shared/garment_vocabulary.json)")
+    build.add_argument("--bg-url", default=settings.bg_service_url,
+                       help="use a running bg-removal service instead of the in-process pipeline")
+    build.add_argument("--bg-retries", type=int, default=5,
+                       help="retries per image for 429/5xx/timeouts/refused connections (exponential backoff)")
+    build.add_argument("--bg-timeout", type=float, default=60.0, help="seconds per request to --bg-url")
+    build.add_argument("--ann", choices=(*ANN_KINDS, "none"), default=None,
+                       help="also build a FAISS approximate index (SEARCH_BACKEND=faiss); --update keeps the previous one")
+    build.add_argument("--ann-param", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                       help="approximate-index parameter, e.g. M=32 (see search/indexing/ann.py)")
+    info = sub.add_parser("info", help="describe an index")
+    info.add_argument("--index", type=Path, required=True)
+    ann = sub.add_parser("ann", help="add or replace the FAISS approximate index of an existing index")
+    ann.add_argument("--index", type=Path, required=True)
+    ann.add_argument("--ann", choices=ANN_KINDS, required=True)
+    ann.add_argument("--ann-param", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    register(sub, settings.vectors)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    if getattr(args, "func", None) is not None:  # subcommands that bring their own runner (publish)
+        return args.func(args)
+    if args.command == "ann":
+        print(json.dumps(build_ann(args.index, args.ann, dict(args.ann_param)), indent=1))
+        return 0
+    if args.command == "info":
+        index = Index.load(args.index)
+        meta = {k: v for k, v in index.meta.items() if k != "skipped"}
+        summary = garment_summary(index)
+        print(json.dumps({**meta, "skipped": len(index.meta.get("skipped", [])), "garment_classes": summary}, indent=1))
+        print(garment_summary_line(summary), file=sys.stderr)
+        return 0
+
+    models = BuildModels(settings.clip, args.bg_url, args.bg_timeout, args.bg_retries)
+    embedder, garments = models.load()  # the build's identity; with --workers, each worker loads its own too
+    workers = args.workers or os.cpu_count() or 1
+    on_gpu = embedder.device == "cuda"
+    batch_size = args.batch_size or (256 if on_gpu else 16)
+    decode_workers = args.decode_workers if args.decode_workers is not None else (
+        min(8, os.cpu_count() or 1) if on_gpu and workers <= 1 and not args.ray else 0)
+    try:
+        report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
+                             batch_size=batch_size, update=args.update, dup_threshold=args.dup_threshold,
+                             ann=args.ann, ann_params=dict(args.ann_param), workers=workers, models=models,
+                             ray=args.ray, decode_workers=decode_workers,
+                             vocabulary=Vocabulary.load(args.vocabulary))
+    except GarmentServiceError as exc:
+        print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
+        return 1
+    print_report(report, args.out)
+    if args.publish:
+        try:
+            published = publish(args.out, args.publish, token=settings.vectors.milvus_token,
+                                collection=settings.vectors.milvus_collection)
+        except PublishError as exc:
+            print(f"error: the index was built, but publishing it failed: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(published, indent=1))
+    export = args.out / EXPORT_DIRNAME / EXPORT_META
+    if export.exists() and json.loads(export.read_text()).get("identity") != embedder.identity:
+        print(f"warning: the text encoder in {export.parent} was exported from other CLIP weights and the "
+              f"service will refuse it; export again: python -m search.export --index {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

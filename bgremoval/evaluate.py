@@ -30,6 +30,7 @@ from bgremoval.config import MAIN_PERSON_RULES, BgConfig
 from bgremoval.models import CLOTH_INPUTS, MATTE_INPUTS, MissingWeights, Models, open_session
 from bgremoval.pipeline import GarmentPipeline, NoGarmentFound, composite, main_person
 from shared.garment_vocabulary import Vocabulary
+from shared.settings import exit_on_bad_settings
 
 # Clothing worn on the body. Everything else is not garment: null (background), skin, hair,
 # footwear, legwear (socks, stockings, tights), bags and accessories (belt, scarf, hat, glasses,
@@ -100,7 +101,7 @@ def side_by_side(photo: Image.Image, truth: np.ndarray, pred: np.ndarray, out: I
 
 
 def evaluate(data: Path, out_dir: Path, limit: int | None, worst: int) -> list[Row]:
-    config = BgConfig.from_env()
+    config = exit_on_bad_settings(BgConfig.from_env)
     person = open_session(config.models.person, MATTE_INPUTS, config)  # required
     cloth = _optional(config.models.cloth, CLOTH_INPUTS, config)
     product = _optional(config.models.product, MATTE_INPUTS, config)

@@ -5,20 +5,30 @@ onnxruntime options) and each model's input normalisation. We read the raw netwo
 instead of `session.predict()` because predict() min-max stretches mattes (an image with no
 person comes back with its most person-like pixels at 255, so absence cannot be told) and
 Lanczos-resizes the cloth label map (which invents in-between class ids along edges).
+
+Which runtime opens a model (onnxruntime on the CPU or CUDA, the int8 graph, torch) is chosen by
+shared/sessions.py from DEVICE, BG_BACKEND and BG_CLOTH_PRECISION; what the runner it returns can
+do is declared there (`Runner.declares`). The int8 graph is checked by bgremoval/int8.py first.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from bgremoval.config import BgConfig
-from shared.device import onnx_providers, report_provider
+from bgremoval.int8 import load_int8
+from bgremoval.torch_backend import TorchEngine  # noqa: F401 - importing it registers the "torch" engine
+from bgremoval.weights import MissingWeights, fetched_weights_file, file_sha256, weights_file, weights_home
+from shared.sessions import OnnxRunner, Runner, choose_engine, model_options
+
+# Re-exported: callers and tests import these from here.
+__all__ = ["CLOTH_CLASSES", "CLOTH_INPUTS", "MATTE_INPUTS", "InputSpec", "MissingWeights", "ModelSession", "Models",
+           "OnnxRunner", "file_sha256", "grouped_probability", "load_models", "model_input", "open_session",
+           "softmax", "summed_probability", "weights_file"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,32 +54,6 @@ MATTE_INPUTS = {
 }
 CLOTH_INPUTS = {"u2net_cloth_seg": InputSpec(768)}
 CLOTH_CLASSES = ("background", "upper", "lower", "full")
-
-
-class MissingWeights(RuntimeError):
-    pass
-
-
-def session_class(name: str):
-    from rembg.sessions import sessions_class
-
-    for cls in sessions_class:
-        if cls.name() == name:
-            return cls
-    raise ValueError(f"rembg has no model called {name!r}")
-
-
-def weights_file(name: str) -> str | None:
-    """Where rembg would load `name` from, or None if it is not on disk."""
-    return session_class(name).resolve_existing(f"{name}.onnx")
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
@@ -100,35 +84,12 @@ def model_input(images: list[Image.Image], spec: InputSpec) -> np.ndarray:
     return batch
 
 
-class OnnxRunner:
-    """An onnxruntime session. rembg's graphs fix the batch dimension to 1, so a batch runs image
-    by image there; a graph with a free batch dimension gets it in one call."""
-
-    def __init__(self, session: ort.InferenceSession):
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        batch_dim = session.get_inputs()[0].shape[0]
-        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
-        self.runtime = "onnxruntime"
-
-    def run_images(self, images: list[Image.Image], spec: InputSpec, groups: list[list[int]] | None = None) -> np.ndarray:
-        """From photos: [N, S, S], the first output plane (mattes), or with `groups` [N, G, S, S],
-        each group of channels' summed softmax probability from the one run (cloth). TorchRunner
-        has the same call, done on its device."""
-        out = self(model_input(images, spec))
-        return out[:, 0] if groups is None else grouped_probability(out, groups)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if self.fixed_batch == 1 and len(batch) > 1:
-            return np.concatenate([self(batch[i:i + 1]) for i in range(len(batch))])
-        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
-
-
 class ModelSession:
     """One model: the network's first output at the model's own resolution, for one image or a
-    batch (rembg's sessions give the weights lookup and download; onnxruntime or torch run it)."""
+    batch (rembg's sessions give the weights lookup and download; an engine of shared/sessions.py
+    runs it, and its runner declares what it can do)."""
 
-    def __init__(self, name: str, runner, spec: InputSpec, weights_path: str | None = None):
+    def __init__(self, name: str, runner: Runner, spec: InputSpec, weights_path: str | None = None):
         self.name = name
         self.spec = spec
         self.weights_path = weights_path
@@ -145,8 +106,8 @@ class ModelSession:
             if self._identity is None:
                 sha = file_sha256(self.weights_path) if self.weights_path else None
                 self._identity = {"name": self.name, "sha256": sha, "input_size": self.spec.size}
-                if self.runner.runtime != "onnxruntime":
-                    self._identity["runtime"] = self.runner.runtime
+                if self.runner.declares.names_runtime:
+                    self._identity["runtime"] = self.runner.declares.runtime
             return self._identity
 
     def run(self, img: Image.Image) -> np.ndarray:
@@ -157,56 +118,48 @@ class ModelSession:
 
     def mattes(self, images: list[Image.Image]) -> np.ndarray:
         """[N, S, S]: a matte model's output plane per image."""
-        return self.runner.run_images(images, self.spec)
+        return self._run_images(images, None)
 
     def class_probabilities(self, images: list[Image.Image], groups: list[list[int]]) -> np.ndarray:
         """[N, G, S, S]: per image, each group of channels' probability together, from one run of
         the cloth model (a product's classes, all garments as its fallback, each class alone)."""
-        return self.runner.run_images(images, self.spec, groups)
+        return self._run_images(images, groups)
+
+    def _run_images(self, images: list[Image.Image], groups: list[list[int]] | None) -> np.ndarray:
+        """From photos: [N, S, S], the first output plane (mattes), or with `groups` [N, G, S, S],
+        each group of channels' summed softmax probability from the one run (cloth). A runner that
+        declares `feeds_images` (torch) normalises the photos and sums the softmax on its device;
+        the others get rembg's feed from the CPU."""
+        if self.runner.declares.feeds_images:
+            return self.runner.run_images(images, self.spec, groups)
+        out = self.runner(model_input(images, self.spec))
+        return out[:, 0] if groups is None else grouped_probability(out, groups)
 
 
-def session_options(config: BgConfig) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    # Several gunicorn workers share 2 cores: each session gets a fixed, small thread budget.
-    options.intra_op_num_threads = config.ort_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # No CPU memory arena: with it, each session keeps its largest activations for good (U^2-Net
-    # cloth at 768 px: 3.1 GB resident after two runs, vs ~0.5 GB without, at the same speed), so a
-    # worker's memory would be the peak of every model times every thread, forever.
-    options.enable_cpu_mem_arena = False
-    return options
+# The weights each precision runs: rembg's fp32 file (downloaded first when BG_ALLOW_DOWNLOAD lets
+# it), or the int8 copy `python -m bgremoval.quantize` made, only with its recorded agreement.
+WEIGHTS: dict[str, Callable[[str, BgConfig], str]] = {
+    "fp32": lambda name, config: fetched_weights_file(name, config.weights_dir),
+    "int8": lambda name, config: load_int8(name, weights_file(name, config.weights_dir), config),
+}
 
 
 def open_session(name: str, specs: dict[str, InputSpec], config: BgConfig, precision: str = "fp32") -> ModelSession:
-    """`precision` "int8": the statically quantised copy `python -m bgremoval.quantize` wrote beside
-    the weights (bgremoval/quantize.py), loaded only with its recorded agreement."""
+    """`name` on the engine DEVICE, BG_BACKEND and `precision` choose (shared.sessions.choose_engine).
+    `precision` "int8": the statically quantised copy `python -m bgremoval.quantize` wrote beside
+    the weights, loaded only with its recorded agreement (bgremoval/int8.py)."""
     if name not in specs:
         raise ValueError(f"Model {name!r} is not supported here; choose one of {sorted(specs)}.")
-    if not config.allow_download and weights_file(name) is None:
-        home = os.environ.get("U2NET_HOME") or "~/.rembg/models/<name>"
+    if not config.allow_download and weights_file(name, config.weights_dir) is None:
         raise MissingWeights(
-            f"Weights for {name!r} are not installed (looked for {name}.onnx under {home}). "
+            f"Weights for {name!r} are not installed (looked for {name}.onnx under {weights_home(config.weights_dir)}). "
             "Run `python -m bgremoval.weights download` on a machine with internet, or set "
             "BG_ALLOW_DOWNLOAD=1 to let the service download them at start."
         )
-    if precision == "int8":
-        from bgremoval.quantize import load_int8
-
-        path = load_int8(name, weights_file(name), config)
-        session = ort.InferenceSession(path, session_options(config), providers=onnx_providers(config.device))
-        report_provider(f"{name} (int8)", config.device, session.get_providers())
-        return ModelSession(name, OnnxRunner(session), specs[name], path)
-    if config.backend == "torch":
-        from bgremoval.torch_backend import TorchRunner
-
-        path = weights_file(name) or str(session_class(name).download_models())
-        return ModelSession(name, TorchRunner(path, config.device), specs[name], path)
-    from rembg import new_session
-
-    session = new_session(name, sess_opts=session_options(config), providers=onnx_providers(config.device))
-    report_provider(name, config.device, session.inner_session.get_providers())
-    return ModelSession(name, OnnxRunner(session.inner_session), specs[name], weights_file(name))
+    engine = choose_engine(device=config.device, backend=config.backend, precision=precision)
+    path = WEIGHTS[engine.precision](name, config)
+    label = name if engine.precision == "fp32" else f"{name} ({engine.precision})"
+    return ModelSession(name, engine.open(path, model_options(config.ort_threads), label), specs[name], path)
 
 
 @dataclass

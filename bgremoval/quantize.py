@@ -12,9 +12,10 @@ Writes, beside the fp32 weights rembg finds (U2NET_HOME):
                         calibration ones): share of garment-mask pixels that differ (mean, max),
                         argmax class agreement, seconds per image of each
 
-The service runs it with BG_CLOTH_PRECISION=int8 (`load_int8`, called by models.open_session) and
-refuses it when the fp32 weights changed since (stale), or when its recorded worst-photo mask
-disagreement is over BG_INT8_MAX_DISAGREEMENT (default 0.005 = 0.5 % of the pixels).
+The service runs it with BG_CLOTH_PRECISION=int8 (bgremoval/int8.py `load_int8`, called by
+models.open_session) and refuses it when the fp32 weights changed since (stale), or when its
+recorded worst-photo mask disagreement is over BG_INT8_MAX_DISAGREEMENT (default 0.005 = 0.5 % of
+the pixels). This module is the tool only; the files' names and the checks are bgremoval/int8.py's.
 
 Why static: U^2-Net cloth (768 px, 2 threads, AVX512-VNNI CPU) ran 3.9 s an image in fp32 and
 2.3 s statically quantised. onnxruntime's `quantize_dynamic` is not offered: it was measured
@@ -29,117 +30,37 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from bgremoval.config import BgConfig
-
-log = logging.getLogger("fashion.models")
+from bgremoval.int8 import (  # noqa: F401 - Int8Refused: re-exported, what the service raises on a bad copy
+    DISAGREEMENT_ENV,
+    Int8Files,
+    Int8Refused,
+    cached_sha256,
+    int8_files,
+)
+from bgremoval.models import CLOTH_CLASSES, CLOTH_INPUTS, model_input, summed_probability, weights_file
+from bgremoval.pipeline import working_copy
+from bgremoval.weights import file_sha256, weights_home
+from shared.garment_vocabulary import GARMENT_CLASSES
+from shared.images import decode_image, flatten_onto_black
+from shared.sessions import ENGINES, model_options
+from shared.settings import exit_on_bad_settings
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 METHOD = ("onnxruntime.quantization.quantize_static after quant_pre_process: QDQ format, per-channel, "
           "activations QUInt8, weights QInt8, MinMax calibration")
-DISAGREEMENT_ENV = "BG_INT8_MAX_DISAGREEMENT"
 
-
-class Int8Refused(ValueError):
-    """The int8 model exists but must not be used: stale, tampered, or too far from fp32."""
-
-
-@dataclass(frozen=True)
-class Int8Files:
-    onnx: str
-    sidecar: str
-
-
-def int8_files(name: str, fp32_path: str) -> Int8Files:
-    """Where the int8 copy of `name` and its sidecar live: beside the fp32 weights."""
-    folder = os.path.dirname(os.path.abspath(fp32_path))
-    return Int8Files(os.path.join(folder, f"{name}.int8.onnx"), os.path.join(folder, f"{name}.int8.json"))
-
-
-def create_command(name: str) -> str:
-    return (f"python -m bgremoval.quantize --photos DIR --model {name}  "
-            "(DIR: street photos like the service's, at least 32; with the same U2NET_HOME)")
-
-
-# ------------------------------------------------------------------ loading (the service's side)
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def cached_sha256(path: str) -> str:
-    """sha256 of a file, remembered by (path, size, mtime) so a worker hashes 176 MB once."""
-    from bgremoval.models import file_sha256
-
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = file_sha256(path)
-    return _SHA_CACHE[key]
-
-
-def load_int8(name: str, fp32_path: str | None, config: BgConfig) -> str:
-    """The path of the int8 copy of `name`, checked against its sidecar: made from these fp32
-    weights, unchanged since, and recorded within `config.max_int8_disagreement` of fp32.
-
-    Raises MissingWeights when it was never made, Int8Refused (a ValueError) when it must not be used.
-    """
-    from bgremoval.models import MissingWeights
-
-    if fp32_path is None:
-        raise MissingWeights(f"BG_CLOTH_PRECISION=int8 needs the fp32 weights of {name!r} installed first "
-                             "(`python -m bgremoval.weights download`), then " + create_command(name))
-    files = int8_files(name, fp32_path)
-    missing = [p for p in (files.onnx, files.sidecar) if not os.path.isfile(p)]
-    if missing:
-        raise MissingWeights(
-            f"BG_CLOTH_PRECISION=int8, but the int8 copy of {name!r} is not there ({', '.join(missing)} missing). "
-            f"Create it with `{create_command(name)}`, or set BG_CLOTH_PRECISION=fp32."
-        )
-    try:
-        with open(files.sidecar) as fh:
-            record = json.load(fh)
-        source_sha, int8_sha = record["source_sha256"], record["int8_sha256"]
-        worst = float(record["mask_pixels_differ_max"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise Int8Refused(f"{files.sidecar} is unreadable or incomplete ({type(exc).__name__}: {exc}); "
-                          f"re-create it with `{create_command(name)}`.") from None
-    if cached_sha256(fp32_path) != source_sha:
-        raise Int8Refused(
-            f"{files.onnx} is stale: it was quantised from {record.get('source_file')} with sha256 "
-            f"{source_sha[:12]}..., but {fp32_path} now has a different sha256. "
-            f"Re-create it with `{create_command(name)}`, or set BG_CLOTH_PRECISION=fp32."
-        )
-    if cached_sha256(files.onnx) != int8_sha:
-        raise Int8Refused(f"{files.onnx} is not the file its sidecar {files.sidecar} describes (sha256 differs); "
-                          f"re-create both with `{create_command(name)}`.")
-    if not worst <= config.max_int8_disagreement:  # `not <=`: a NaN is refused too
-        raise Int8Refused(
-            f"The int8 {name} differs from fp32 on up to {worst:.2%} of the garment-mask pixels of a photo "
-            f"(measured {record.get('created')} on {record.get('holdout', {}).get('count')} hold-out photos), "
-            f"over the limit {config.max_int8_disagreement:.2%}. Raise {DISAGREEMENT_ENV} "
-            f"(now {config.max_int8_disagreement}) to accept it, or set BG_CLOTH_PRECISION=fp32."
-        )
-    speed = record.get("seconds_per_image", {})
-    log.info("%s: int8 copy %s, recorded against fp32 on %s hold-out photos: garment-mask pixels differing "
-             "mean %.3f%% max %.3f%% (limit %.3f%%), class agreement %.3f%%, %.2f s vs %.2f s an image",
-             name, files.onnx, record.get("holdout", {}).get("count"), 100 * record.get("mask_pixels_differ_mean", 0),
-             100 * worst, 100 * config.max_int8_disagreement, 100 * record.get("class_agreement", 0),
-             speed.get("int8", float("nan")), speed.get("fp32", float("nan")))
-    return files.onnx
-
-
-# ------------------------------------------------------------------ making it (the tool's side)
 
 def list_photos(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
@@ -148,16 +69,11 @@ def list_photos(folder: Path) -> list[Path]:
 def working_photo(path: Path, config: BgConfig):
     """The photo as the pipeline hands it to the cloth model: decoded like an upload (EXIF
     orientation, alpha flattened onto black), scaled to the working size."""
-    from bgremoval.pipeline import working_copy
-    from shared.images import decode_image, flatten_onto_black
-
     decoded = decode_image(path.read_bytes(), max_pixels=config.max_pixels)
     return working_copy(flatten_onto_black(decoded.rgb, decoded.alpha), config.pipeline.working_max_side)
 
 
 def model_feed(path: Path, name: str, config: BgConfig) -> np.ndarray:
-    from bgremoval.models import CLOTH_INPUTS, model_input
-
     return model_input([working_photo(path, config)], CLOTH_INPUTS[name])
 
 
@@ -215,9 +131,6 @@ def quantize_model(fp32_path: str, target: str, reader, workdir: str) -> None:
 
 def garment_probability(logits: np.ndarray) -> np.ndarray:
     """Summed probability of the garment classes at the model's resolution, as the pipeline sums it."""
-    from bgremoval.models import CLOTH_CLASSES, summed_probability
-    from bgremoval.pipeline import GARMENT_CLASSES
-
     return summed_probability(logits[None], [CLOTH_CLASSES.index(c) for c in GARMENT_CLASSES])[0]
 
 
@@ -252,24 +165,22 @@ class Agreement:
 
 def measure_agreement(fp32_path: str, int8_path: str, paths: list[Path], name: str, config: BgConfig,
                       progress: bool) -> Agreement:
-    """fp32 and int8 side by side on each hold-out photo (one warm-up run each, not timed)."""
-    import onnxruntime as ort
+    """fp32 and int8 side by side on each hold-out photo, on the CPU with the service's session
+    options (one warm-up run each, not timed)."""
     from tqdm import tqdm
 
-    from bgremoval.models import session_options
-
-    sessions = {kind: ort.InferenceSession(path, session_options(config), providers=["CPUExecutionProvider"])
-                for kind, path in (("fp32", fp32_path), ("int8", int8_path))}
-    input_names = {kind: s.get_inputs()[0].name for kind, s in sessions.items()}
+    options = model_options(config.ort_threads)
+    runners = {kind: ENGINES.get(engine)("cpu").open(path, options)
+               for kind, engine, path in (("fp32", "onnxruntime-cpu", fp32_path), ("int8", "onnxruntime-int8", int8_path))}
     result = Agreement([], [], [], [], [], [])
     for i, path in enumerate(tqdm(paths, desc="agreement", unit="photo", disable=not progress)):
         feed = model_feed(path, name, config)
         outputs = {}
-        for kind, session in sessions.items():
+        for kind, runner in runners.items():
             if i == 0:
-                session.run(None, {input_names[kind]: feed})
+                runner(feed)
             start = time.perf_counter()
-            outputs[kind] = np.asarray(session.run(None, {input_names[kind]: feed})[0][0], np.float32)
+            outputs[kind] = runner(feed)[0]
             (result.seconds_fp32 if kind == "fp32" else result.seconds_int8).append(time.perf_counter() - start)
         threshold = config.pipeline.garment_threshold
         fp32, int8 = garment_probability(outputs["fp32"]), garment_probability(outputs["int8"])
@@ -286,9 +197,6 @@ def make_int8(name: str, fp32_path: str, calibration: list[Path], holdout: list[
     """Quantise, measure, and write <model>.int8.onnx + <model>.int8.json beside `fp32_path`.
     Returns the sidecar record."""
     import onnxruntime as ort
-
-    from bgremoval.models import CLOTH_INPUTS, file_sha256
-    from bgremoval.pipeline import GARMENT_CLASSES
 
     if set(calibration) & set(holdout):
         raise ValueError("calibration and hold-out photos must not overlap")
@@ -366,8 +274,6 @@ def summary_text(record: dict, files: Int8Files, limit: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bgremoval.models import CLOTH_INPUTS, weights_file
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", required=True, type=Path, help="folder of street photos (jpg/jpeg/png/webp)")
     parser.add_argument("--calibration", type=int, default=16, help="photos for calibration (the first, sorted)")
@@ -377,17 +283,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="onnxruntime threads for the timing (default: ORT_THREADS, as the service)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    config = BgConfig.from_env()
+    config = exit_on_bad_settings(BgConfig.from_env)
     if args.threads is not None:
-        config = replace(config, ort_threads=args.threads)
+        config = config.model_copy(update={"ort_threads": args.threads})
     if args.calibration < 1 or args.holdout < 1:
         print("error: --calibration and --holdout must be at least 1", file=sys.stderr)
         return 2
 
-    fp32_path = weights_file(args.model)
+    fp32_path = weights_file(args.model, config.weights_dir)
     if fp32_path is None:
-        home = os.environ.get("U2NET_HOME") or "rembg's default home"
-        print(f"error: the fp32 weights {args.model}.onnx are not installed (looked under {home}); "
+        print(f"error: the fp32 weights {args.model}.onnx are not installed (looked under "
+              f"{weights_home(config.weights_dir)}); "
               "install them with `python -m bgremoval.weights download` or set U2NET_HOME", file=sys.stderr)
         return 2
     if not args.photos.is_dir():

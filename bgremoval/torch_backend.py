@@ -8,6 +8,9 @@ gives onnxruntime's numbers (tests/test_torch_backend.py checks the masks match)
 
 The same weights file is read (its sha256 stays the model's identity); the identity adds
 `runtime`, because fp16 masks can differ from onnxruntime's by a few edge pixels.
+
+This module registers the "torch" engine of shared/sessions.py (bgremoval.models imports it;
+torch and onnx2torch are imported only when a model is opened).
 """
 from __future__ import annotations
 
@@ -17,15 +20,16 @@ import threading
 import numpy as np
 from PIL import Image
 
-from shared.device import torch_device
 from shared.images import threaded_map
+from shared.sessions import Declared, Engine, OrtOptions, Runner, register_engine, torch_device
 
 log = logging.getLogger("fashion.device")
 GPU_BATCH = 32  # images per forward pass on a GPU: 768 px U^2-Net fp16 needs ~10 GB at 32
 
 
-class TorchRunner:
-    """One converted model; callable on a [N, 3, S, S] float32 batch like OnnxRunner."""
+class TorchRunner(Runner):
+    """One converted model; callable on a [N, 3, S, S] float32 batch like OnnxRunner, and on photos
+    (`run_images`, normalised on its device), as it declares."""
 
     def __init__(self, onnx_path: str, device: str = "cpu", max_batch: int | None = None):
         import onnx
@@ -37,7 +41,11 @@ class TorchRunner:
         module = convert(onnx.load(onnx_path)).eval()
         self.module = (module.half() if self.half else module).to(self.device)
         self.max_batch = max_batch or (GPU_BATCH if self.device == "cuda" else 4)
-        self.runtime = f"torch-{self.device}-{'fp16' if self.half else 'fp32'}"
+        precision = "fp16" if self.half else "fp32"
+        # Any batch in one call (chunked by max_batch); photos fed on the device; fp16 numbers differ
+        # from onnxruntime's by a few edge pixels, so an identity names the runtime.
+        self.declares = Declared(engine="torch", runtime=f"torch-{self.device}-{precision}", device=self.device,
+                                 precision=precision, batch=None, feeds_images=True, names_runtime=True)
         self._torch = torch
         # A converted graph holds no per-call state, but one forward at a time keeps a GPU's
         # memory to one batch's activations when several threads share the model.
@@ -85,3 +93,11 @@ class TorchRunner:
                 first = (out[0] if isinstance(out, (list, tuple)) else out).float()
                 outputs.append(reduce(first).cpu().numpy())
         return np.concatenate(outputs)
+
+
+@register_engine("torch")
+class TorchEngine(Engine):
+    """BG_BACKEND=torch: rembg's ONNX graphs converted by onnx2torch, on DEVICE (fp16 on CUDA)."""
+
+    def open(self, path: str, options: OrtOptions | None = None, label: str | None = None) -> TorchRunner:
+        return TorchRunner(path, self.device)  # logs where it runs itself

@@ -24,6 +24,7 @@ from PIL import Image
 from search.config import ClipSettings
 from search.tokenizer import PROBE_TEXT, clip_query_text
 from shared.images import threaded_map
+from shared.sessions import torch_device, torch_threads
 
 log = logging.getLogger("fashion.search")
 
@@ -95,7 +96,7 @@ class ClipEmbedder:
         import open_clip
 
         register_model_configs(settings.extra_config_dir)
-        torch.set_num_threads(max(1, settings.threads))
+        torch_threads(settings.threads)
         pretrained = settings.pretrained or None
         if pretrained is None:
             torch.manual_seed(settings.seed)  # random weights must be the same in every process
@@ -129,8 +130,6 @@ class ClipEmbedder:
         if text_only:
             self.model.visual = None
         else:
-            from shared.device import torch_device
-
             self.device = torch_device(settings.device)
             if self.device == "cuda":
                 # Only the image tower moves: the text tower (the identity probe, queries) stays

@@ -4,6 +4,9 @@ copy of open_clip's preprocessing (resize the shortest side, bicubic; centre cro
 
 The export records the preprocessing it was measured with and the embedding of a fixed probe
 picture: a graph that does not give that probe back is not the one exported, and is refused.
+
+The image tower of photo queries runs in the text encoder's runtime (IMAGE_TOWERS, keyed by it):
+the export's graph beside the ONNX text encoder, open_clip's tower beside the torch one.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from search.text_encoder import SELF_PROBE_MIN_COSINE, ExportError, query_session_options, read_export_meta
+from search.text_encoder import SELF_PROBE_MIN_COSINE, ExportError, OnnxTextEncoder, read_export_meta
+from shared.sessions import ENGINES, Registry, query_options
 
 log = logging.getLogger("fashion.search")
 RESAMPLING = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
@@ -69,8 +73,6 @@ class OnnxImageEncoder:
     """The exported image tower in an onnxruntime session; loaded once per worker."""
 
     def __init__(self, directory: str | Path, *, threads: int = 1, meta: dict | None = None):
-        import onnxruntime as ort
-
         directory = Path(directory)
         self.meta = meta if meta is not None else read_export_meta(directory)
         image = self.meta.get("image")
@@ -79,15 +81,14 @@ class OnnxImageEncoder:
                               "existed, or with --no-image); export again with `python -m search.export`, "
                               "or set SEARCH_IMAGE_QUERIES=0")
         self.spec = image["preprocess"]
-        options = query_session_options(threads)
         # Weights stay in the memory-mapped .data file, shared by the workers of a host, instead of
         # a repacked private copy: ViT-B-32's tower then costs each worker ~50 MB of its own
         # instead of ~370 MB, for ~70 ms more per photo (118 -> 190 ms; the garment step takes
         # seconds). bench/photo_query.py measures both.
-        options.add_session_config_entry("session.disable_prepacking", "1")
+        options = query_options(threads, prepacking=False)
         graph = directory / image["file"]
         try:
-            self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            self.runner = ENGINES.get("onnxruntime-cpu")().open(str(graph), options)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ExportError(f"{graph} cannot be loaded: {exc}") from None
         recorded = image.get("probe")
@@ -103,7 +104,7 @@ class OnnxImageEncoder:
 
     def encode_images(self, pictures: list[Image.Image]) -> np.ndarray:
         batch = np.stack([clip_pixels(picture, self.spec) for picture in pictures])
-        return self.session.run(None, {"pixels": batch})[0].astype(np.float32, copy=False)
+        return self.runner(batch)  # the graph's one input, "pixels"
 
 
 class TorchImageEncoder:
@@ -119,18 +120,31 @@ class TorchImageEncoder:
         return self.embedder.encode_images(pictures)
 
 
+# The text encoder's runtime -> its photo queries' image tower: (clip settings, text encoder, export folder) -> encoder.
+IMAGE_TOWERS: Registry = Registry("image tower")
+
+
 def open_image_encoder(clip, text_encoder, directory: Path):
     """The image tower for photo queries, in the same runtime as `text_encoder`: the export's
     ONNX graph beside an ONNX text encoder, else open_clip (a full ClipEmbedder is reused; a
     text-only one means a second, full model). Raises ExportError with the reason."""
-    from search.text_encoder import OnnxTextEncoder
+    # Anything but the ONNX text encoder is a ClipEmbedder (or, given to search.create_app as
+    # `embedder`, an object standing in for one): torch.
+    runtime = "onnx" if isinstance(text_encoder, OnnxTextEncoder) else "torch"
+    return IMAGE_TOWERS.get(runtime)(clip, text_encoder, directory)
 
-    if isinstance(text_encoder, OnnxTextEncoder):
-        encoder = OnnxImageEncoder(directory, threads=clip.threads, meta=text_encoder.meta)
-        log.info("image encoder: onnxruntime fp32 from %s", directory)
-        return encoder
+
+@IMAGE_TOWERS.register("onnx")
+def open_onnx_image_tower(clip, text_encoder: OnnxTextEncoder, directory: Path) -> OnnxImageEncoder:
+    encoder = OnnxImageEncoder(directory, threads=clip.threads, meta=text_encoder.meta)
+    log.info("image encoder: onnxruntime fp32 from %s", directory)
+    return encoder
+
+
+@IMAGE_TOWERS.register("torch")
+def open_torch_image_tower(clip, text_encoder, directory: Path) -> TorchImageEncoder:
     embedder = text_encoder
-    if getattr(getattr(embedder, "model", None), "visual", None) is None:
+    if embedder.model.visual is None:  # ClipEmbedder(text_only=True) freed its image tower
         from search.embedder import ClipEmbedder
 
         embedder = ClipEmbedder(clip)

@@ -3,6 +3,11 @@ torch when the index has a text-encoder export (written by `python -m search.exp
 
 Nothing here imports torch or open_clip. The class offers what the Searcher and the index checks
 use of ClipEmbedder: `query_tokens`, `encode_query_tokens`, `encode_texts`, `identity`.
+
+The two text towers register here in shared.sessions.TEXT_TOWERS ("onnx": this export, "torch":
+open_clip), and which one answers, in which precision, is shared.sessions.TEXT_TOWER_ROUTES'
+choice from SEARCH_TEXT_ENCODER and CLIP_TEXT_PRECISION (`open_text_encoder`). The graphs run on
+the "onnxruntime-cpu" engine with the query towers' options (shared.sessions.query_options).
 """
 from __future__ import annotations
 
@@ -13,13 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from search.tokenizer import PROBE_TEXT, ClipTokenizer, clip_query_text
+from shared.sessions import ENGINES, TEXT_TOWER_ROUTES, TEXT_TOWERS, choose, query_options
 
 log = logging.getLogger("fashion.search")
 EXPORT_DIRNAME = "text-encoder"  # inside the index folder, beside meta.json
 EXPORT_META = "export.json"
 EXPORT_FORMAT = 1
-PRECISIONS = ("fp32", "int8")
-ENCODERS = ("auto", "onnx", "torch")
+PRECISIONS = ("fp32", "int8")  # the graphs an export may hold
+ENCODERS = ("auto", "onnx", "torch")  # SEARCH_TEXT_ENCODER
 # A graph must give its own recorded probe embedding back: anything less means the file is not
 # the one the export measured (replaced, truncated, another model's).
 SELF_PROBE_MIN_COSINE = 0.999
@@ -44,26 +50,10 @@ def read_export_meta(directory: Path) -> dict:
     return meta
 
 
-def query_session_options(threads: int):
-    """onnxruntime options of the query towers (text, and image: search/image_encoder.py):
-    several gunicorn workers share the cores, so each session gets a fixed, small thread budget,
-    and idle threads must not spin between queries."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
 class OnnxTextEncoder:
     """One exported text tower in one precision, in an onnxruntime session; loaded once per worker."""
 
     def __init__(self, directory: str | Path, *, precision: str = "fp32", threads: int = 1, meta: dict | None = None):
-        import onnxruntime as ort
-
         directory = Path(directory)
         self.meta = meta if meta is not None else read_export_meta(directory)
         if precision not in self.meta["files"]:
@@ -72,10 +62,9 @@ class OnnxTextEncoder:
         self.precision = precision
         self.model_name = self.meta["identity"]["model"]
         self.tokenizer = ClipTokenizer.load(directory / "tokenizer.json", self.meta["context_length"])
-        options = query_session_options(threads)
         graph = directory / self.meta["files"][precision]
-        try:
-            self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        try:  # queries run on the CPU, one at a time: the identity probe is a CPU fp32 one
+            self.runner = ENGINES.get("onnxruntime-cpu")().open(str(graph), query_options(threads))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ExportError(f"{graph} cannot be loaded: {exc}") from None
         recorded = self.meta.get("probes", {}).get(precision)
@@ -112,7 +101,7 @@ class OnnxTextEncoder:
         return self._run(tokens[:, : int(tokens.argmax(axis=1).max()) + 1])
 
     def _run(self, tokens: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"tokens": tokens})[0].astype(np.float32, copy=False)
+        return self.runner(tokens)  # the graph's one input, "tokens"
 
 
 def export_dir(config, index_dir: str | Path | None = None) -> Path:
@@ -125,27 +114,37 @@ def open_text_encoder(clip, mode: str, directory: Path, *, torch_encoder=None, k
     `auto` takes the export when there is one. `torch_encoder`, an already loaded ClipEmbedder
     of the same settings (search.evaluate has one), serves the torch case instead of a new one;
     `keep_image_tower` keeps a new one's image tower (photo queries then use it too).
-    Raises ExportError with the reason otherwise."""
+    Raises ExportError with the reason otherwise, ValueError for a CLIP_TEXT_PRECISION no tower has."""
     if mode not in ENCODERS:
         raise ExportError(f"SEARCH_TEXT_ENCODER={mode!r}; choose one of {', '.join(ENCODERS)}")
-    precision = clip.text_precision
-    if mode == "onnx" or (mode == "auto" and (directory / EXPORT_META).exists()):
-        meta = read_export_meta(directory)
-        built = meta["identity"]
-        wanted = {"model": clip.model, "pretrained": clip.pretrained or None}
-        if {"model": built.get("model"), "pretrained": built.get("pretrained") or None} != wanted:
-            raise ExportError(f"the text-encoder export at {directory} is of {built.get('model')}/"
-                              f"{built.get('pretrained') or 'random weights'}, but CLIP_MODEL/CLIP_PRETRAINED say "
-                              f"{clip.model}/{clip.pretrained or 'random weights'}; export again or fix the settings")
-        if precision == "bf16":
-            log.warning("CLIP_TEXT_PRECISION=bf16 applies to the torch encoder; the ONNX encoder runs fp32")
-        encoder = OnnxTextEncoder(directory, precision="int8" if precision == "int8" else "fp32",
-                                  threads=clip.threads, meta=meta)
-        log.info("text encoder: onnxruntime %s from %s", encoder.precision, directory)
-        return encoder
-    if precision == "int8":
-        raise ExportError("CLIP_TEXT_PRECISION=int8 needs the ONNX text encoder: export one with "
-                          "`python -m search.export --index INDEX`")
+    auto = mode == "auto"
+    if auto:
+        mode = "onnx" if (directory / EXPORT_META).exists() else "torch"
+    tower, precision = choose(TEXT_TOWER_ROUTES, conflict=ExportError, logger=log,
+                              SEARCH_TEXT_ENCODER=mode, CLIP_TEXT_PRECISION=clip.text_precision)
+    return TEXT_TOWERS.get(tower)(clip, directory, precision, torch_encoder=torch_encoder,
+                                  keep_image_tower=keep_image_tower, auto=auto)
+
+
+@TEXT_TOWERS.register("onnx")
+def open_onnx_text_tower(clip, directory: Path, precision: str, **_) -> OnnxTextEncoder:
+    """The export's graph of `precision`, once the export is known to be of CLIP_MODEL/CLIP_PRETRAINED."""
+    meta = read_export_meta(directory)
+    built = meta["identity"]
+    wanted = {"model": clip.model, "pretrained": clip.pretrained or None}
+    if {"model": built.get("model"), "pretrained": built.get("pretrained") or None} != wanted:
+        raise ExportError(f"the text-encoder export at {directory} is of {built.get('model')}/"
+                          f"{built.get('pretrained') or 'random weights'}, but CLIP_MODEL/CLIP_PRETRAINED say "
+                          f"{clip.model}/{clip.pretrained or 'random weights'}; export again or fix the settings")
+    encoder = OnnxTextEncoder(directory, precision=precision, threads=clip.threads, meta=meta)
+    log.info("text encoder: onnxruntime %s from %s", encoder.precision, directory)
+    return encoder
+
+
+@TEXT_TOWERS.register("torch")
+def open_torch_text_tower(clip, directory: Path, precision: str, *, torch_encoder=None,
+                          keep_image_tower: bool = False, auto: bool = False):
+    """open_clip's text tower (ClipEmbedder: bf16 where CLIP_TEXT_PRECISION and the CPU allow it)."""
     encoder = torch_encoder
     if encoder is None:
         try:
@@ -155,5 +154,5 @@ def open_text_encoder(clip, mode: str, directory: Path, *, torch_encoder=None, k
                               f"({exc}); write one with `python -m search.export --index INDEX`") from None
         encoder = ClipEmbedder(clip, text_only=not keep_image_tower)
     log.info("text encoder: torch %s%s", encoder.text_precision,
-             f" (no ONNX export at {directory})" if mode == "auto" else "")
+             f" (no ONNX export at {directory})" if auto else "")
     return encoder

@@ -42,12 +42,14 @@ def onnx_providers(device: str, available: list[str] | None = None) -> list[str]
     return [CPU_PROVIDER]
 
 
-def report_provider(name: str, device: str, running: list[str]) -> str:
+def report_provider(name: str, device: str, running: list[str], requested: list[str] | None = None) -> str:
     """Log which provider a session really runs on (onnxruntime may drop CUDA when its libraries
-    fail to load); a CPU fallback of DEVICE=cuda is a warning."""
+    fail to load); a CPU fallback of DEVICE=cuda, or of CUDA `requested` (DEVICE=auto found it),
+    is a warning, as rembg warns of it."""
     provider = running[0] if running else CPU_PROVIDER
-    if check_device(device) == "cuda" and provider != CUDA_PROVIDER:
-        log.warning("%s: DEVICE=cuda, but onnxruntime runs it on %s (CUDA failed to initialise)", name, provider)
+    device = check_device(device)
+    if provider != CUDA_PROVIDER and (device == "cuda" or CUDA_PROVIDER in (requested or ())):
+        log.warning("%s: DEVICE=%s, but onnxruntime runs it on %s (CUDA failed to initialise)", name, device, provider)
     else:
         log.info("%s: onnxruntime runs it on %s (DEVICE=%s)", name, provider, device)
     return provider

@@ -9,7 +9,7 @@ from bgremoval.config import BgConfig
 def create_app(config: BgConfig | None = None, *, models=None) -> Flask:
     """App factory. `models` lets tests and tools pass already-loaded models."""
     from bgremoval.api import bp
-    from bgremoval.openapi import OPENAPI
+    from bgremoval.schemas import openapi_document
     from bgremoval.pipeline import GarmentPipeline
     from shared.web import create_service_app
 
@@ -29,6 +29,6 @@ def create_app(config: BgConfig | None = None, *, models=None) -> Flask:
         return f"models: {loaded.person.name}, {loaded.cloth.name}, {loaded.product.name}"
 
     return create_service_app(
-        __name__, service="bgremoval", openapi=OPENAPI, blueprint=bp, max_body_bytes=config.max_body_bytes,
+        __name__, service="bgremoval", openapi=openapi_document(config), blueprint=bp, max_body_bytes=config.max_body_bytes,
         settings=("BG", config), loader=load, page="bgremoval.page",
     )

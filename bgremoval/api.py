@@ -1,31 +1,26 @@
 """HTTP layer of the background-removal service: parse and validate, call the pipeline, encode."""
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify
 from PIL import Image
 
 from bgremoval.pipeline import GarmentMask, GarmentPipeline
-from shared.errors import BadRequest, ProblemError, Unprocessable
+from bgremoval.schemas import FORMATS, LabelsForm, LabelsJson, RemoveForm, RemoveJson
+from shared.errors import ProblemError, Unprocessable
 from shared.fetch import fetch_url
-from shared.garment_request import GARMENT_FIELDS, LABEL_CLASSES, GarmentOptions, parse_garment_options
-from shared.garment_vocabulary import Vocabulary
+from shared.garment_request import LABEL_CLASSES, GarmentOptions
 from shared.images import WEBP_MAX_SIDE, OpenedImage, decode_covering, decode_opened, encode_image, open_image
 from shared.timing import timed
-from shared.uploads import read_image_request, url_field
+from shared.uploads import read_image_request
 from shared.web import stage_timings
 
 bp = Blueprint("bgremoval", __name__)
 
-OPTION_FIELDS = {"format", "background", "background_url", "crop", *GARMENT_FIELDS}
-FORMATS = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+OPTION_FIELDS = set(RemoveForm.model_fields)
 ALPHA_FORMATS = {"png", "webp"}  # these carry the garment mask as alpha (unless a background_url is given)
-CROPS = ("none", "garment")
-HEX_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 
 @dataclass(frozen=True)
@@ -55,42 +50,10 @@ def garment_headers(response: Response, asked: GarmentOptions, result: GarmentMa
         response.headers["X-Garment-Name"] = asked.garment
 
 
-def parse_options(raw: dict, vocabulary: Vocabulary) -> Options:
-    """Validate the optional fields (the garment ones: parse_garment_options)."""
-    fmt = raw.get("format", "jpeg")
-    if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
-        raise BadRequest(f"format must be one of {sorted(FORMATS)}.", field="format")
-    background_url = parse_background_url(raw)
-    colour = raw.get("background", "#000000")
-    match = HEX_COLOUR.match(colour) if isinstance(colour, str) else None
-    if not match:
-        raise BadRequest("background must be a hex colour like '#000000'.", field="background")
-    rgb = tuple(int(match.group(1)[i:i + 2], 16) for i in (0, 2, 4))
-    garments = parse_garment_options(raw, vocabulary)
-    crop = raw.get("crop", "none")
-    if not isinstance(crop, str) or crop.lower() not in CROPS:
-        raise BadRequest(f"crop must be one of {list(CROPS)}.", field="crop")
-    return Options(format=fmt.lower(), background=rgb, background_url=background_url, garments=garments,
-                   crop=crop.lower())
-
-
-def parse_background_url(raw: dict) -> str | None:
-    """The background image's address, or None. Only the cheap checks here (type, scheme, host),
-    so a hopeless value is refused before any download; fetch_url checks the rest."""
-    if "background_url" not in raw:
-        return None
-    if "background" in raw:
-        raise BadRequest("Send either background (a colour) or background_url (an image), not both.",
-                         field="background_url")
-    url = url_field(raw["background_url"], "background_url")
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        raise BadRequest("background_url is not a valid URL.", field="background_url") from None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        raise BadRequest("background_url must be an http(s) URL with a host.", field="background_url")
-    return url
+def to_options(fields: RemoveForm) -> Options:
+    """The validated fields as the pipeline's options."""
+    return Options(format=fields.format, background=fields.background_rgb, background_url=fields.background_url,
+                   garments=fields.garments(current_app.extensions["garment_vocabulary"]), crop=fields.crop)
 
 
 @contextmanager
@@ -119,16 +82,12 @@ def covering(backdrop: OpenedImage):
     return picture
 
 
-def _read_request(fields: set[str], parse):
-    """The image bytes and parse(fields, vocabulary) from a JSON {url}, a multipart `file`, or a
-    raw image/* body; the options are checked before the image is downloaded."""
-    got = read_image_request(fields, json_fields={"url"})
-    vocabulary = current_app.extensions["garment_vocabulary"]
-    if got.form == "json":
-        url = url_field(got.fields.get("url"), "url")
-        options = parse(got.fields, vocabulary)
-        return fetch_image(url, "fetch"), options
-    return got.image, parse(got.fields, vocabulary)
+def _read_request(json_model, form_model, parse):
+    """The image bytes and parse(fields) from a JSON {url}, a multipart `file`, or a raw image/*
+    body; the fields are checked before the image is downloaded."""
+    got = read_image_request(json_model, form_model)
+    parsed = parse(got.fields)
+    return (fetch_image(got.fields.url, "fetch") if got.form == "json" else got.image), parsed
 
 
 def require_webp_fits(options: Options, size: tuple[int, int]) -> None:
@@ -142,7 +101,7 @@ def remove_background() -> Response:
     current_app.extensions["readiness"].require()
     config = current_app.config["BG"]
     pipeline: GarmentPipeline = current_app.extensions["bg_pipeline"]
-    data, options = _read_request(OPTION_FIELDS, parse_options)
+    data, options = _read_request(RemoveJson, RemoveForm, to_options)
     opened = open_image(data, max_pixels=config.max_pixels)  # header only: 413/415/422 before any pixel
     del data  # the opened image holds the bytes until it is decoded
     if options.crop == "none":
@@ -190,7 +149,8 @@ def garment_labels() -> Response:
     current_app.extensions["readiness"].require()
     config = current_app.config["BG"]
     pipeline: GarmentPipeline = current_app.extensions["bg_pipeline"]
-    data, garments = _read_request(GARMENT_FIELDS, parse_garment_options)
+    data, garments = _read_request(LabelsJson, LabelsForm,
+                                   lambda fields: fields.garments(current_app.extensions["garment_vocabulary"]))
     opened = open_image(data, max_pixels=config.max_pixels)
     del data
     with current_app.extensions["pixel_budget"].reserve(opened.pixels):

@@ -10,9 +10,9 @@ def create_app(config: SearchConfig | None = None, *, embedder=None, garments=No
     """App factory. `embedder` (a ClipEmbedder) and `garments` (a garment source, search/garments.py)
     let tests share loaded models between apps."""
     from search.api import bp
-    from search.openapi import OPENAPI
+    from search.schemas import openapi_document
     from search.searcher import Searcher
-    from search.store import Index
+    from search.index_format import Index
     from shared.web import create_service_app
 
     from shared.garment_vocabulary import Vocabulary
@@ -23,7 +23,7 @@ def create_app(config: SearchConfig | None = None, *, embedder=None, garments=No
     def load(app: Flask) -> str:
         from pathlib import Path
 
-        from search.store import IndexLoadError
+        from search.index_format import IndexLoadError
         from search.text_encoder import export_dir, open_text_encoder
         from search.vectors import open_store
 
@@ -69,6 +69,6 @@ def create_app(config: SearchConfig | None = None, *, embedder=None, garments=No
                 f"{photos.describe() if photos is not None else 'off'}")
 
     return create_service_app(
-        __name__, service="search", openapi=OPENAPI, blueprint=bp, max_body_bytes=max(config.max_body_bytes, config.max_upload_bytes),
+        __name__, service="search", openapi=openapi_document(config), blueprint=bp, max_body_bytes=max(config.max_body_bytes, config.max_upload_bytes),
         settings=("SEARCH", config), loader=load, page="search.page",
     )

@@ -10,19 +10,17 @@ from urllib.parse import quote
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
+from search.schemas import Batch, EmbedForm, EmbedJson, NoQuery, SearchForm, SearchJson, SimilarQuery
 from search.vectors import VectorStoreError
-from shared.errors import BadRequest, NotFound, NotReady
+from shared.errors import NotFound, NotReady, ProblemError
 from shared.fetch import fetch_url
-from shared.garment_request import GARMENT_FIELDS, GarmentOptions, parse_garment_options
+from shared.garment_request import GarmentOptions
+from shared.schemas import read
 from shared.timing import timed
-from shared.uploads import read_image_request, url_field
-from shared.web import json_object_body, reject_unknown_fields, stage_timings
+from shared.uploads import read_image_request
+from shared.web import json_object_body, stage_timings
 
 bp = Blueprint("search", __name__)
-MAX_N = 100
-MAX_BATCH = 32
-PHOTO_FIELDS = {"look", *GARMENT_FIELDS}  # only with a photo: its garments, and which to search for
-QUERY_FIELDS = {"text", "n", "image_weight", *PHOTO_FIELDS}
 UPLOAD_TYPES = ("multipart/form-data",)
 
 
@@ -33,47 +31,6 @@ def _body_limit() -> None:
     mimetype = request.mimetype or ""
     is_upload = mimetype in UPLOAD_TYPES or mimetype.startswith("image/")
     request.max_content_length = config.max_upload_bytes if is_upload else config.max_body_bytes
-
-
-def parse_n(value, field: str = "n", *, from_text: bool = False) -> int:
-    """1..MAX_N; a JSON 5.0 counts as 5 (JSON "5" does not); a form or query string (`from_text`)
-    gives "5"."""
-    if from_text and isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 5.0 is an integer in JSON; 5.5 is not
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N:
-        raise BadRequest(f"{field} must be an integer from 1 to {MAX_N}.", field=field)
-    return value
-
-
-def parse_text(value, field: str = "text") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f"{field} must be a non-empty string.", field=field)
-    return value
-
-
-def parse_weight(value, *, from_text: bool = False) -> float:
-    if from_text and isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise BadRequest("image_weight must be a number from 0 to 1.", field="image_weight")
-    return float(value)
-
-
-def parse_flag(value, field: str, *, from_text: bool = False) -> bool:
-    """A JSON true/false; in a form or query string also 1/0, yes/no, on/off."""
-    if from_text and isinstance(value, str) and value.strip().lower() in TRUTHY | FALSY:
-        return value.strip().lower() in TRUTHY
-    if not isinstance(value, bool):
-        raise BadRequest(f"{field} must be true or false.", field=field)
-    return value
-
-
-TRUTHY, FALSY = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
 def image_url(product: str, file: str) -> str:
@@ -88,11 +45,7 @@ def _searcher():
 
 
 def _photos():
-    photos = current_app.extensions.get("photos")
-    if photos is None:
-        raise BadRequest("Photo queries are turned off on this service (SEARCH_IMAGE_QUERIES=0); send text.",
-                         field="file" if request.mimetype != "application/json" else "image_url")
-    return photos
+    return current_app.extensions["photos"]  # there: a photo query is refused (PhotoQueriesOn) when they are off
 
 
 class _Query:
@@ -112,34 +65,27 @@ class _Query:
         if self.photo is not None:
             return self.photo
         with timed(stage_timings(), "fetch"):
-            return fetch_url(self.photo_url, current_app.config["SEARCH"].fetch)
+            try:
+                return fetch_url(self.photo_url, current_app.config["SEARCH"].fetch)
+            except ProblemError as exc:
+                if exc.field == "url":  # the fetcher's name for the address it refused: here image_url
+                    exc.field = "image_url"
+                raise
 
 
-def _read_query(*, with_n: bool = True) -> _Query:
-    """A query from JSON {text, image_url, n, image_weight}, a multipart form (`file`, text, n,
-    image_weight) or a raw image/* body (text, n, image_weight in the query string)."""
-    fields = QUERY_FIELDS if with_n else {"text", *GARMENT_FIELDS}
-    got = read_image_request(fields, json_fields={"image_url"}, file_required=False)
-    raw_text = got.fields.get("text")
-    photo_url = url_field(got.fields["image_url"], "image_url") if "image_url" in got.fields else None
-    photo = got.image
-    has_photo = photo is not None or photo_url is not None
-    if has_photo:
-        _photos()  # refused before any work when photo queries are off
-    elif photo_only := sorted(PHOTO_FIELDS & set(got.fields)):
-        raise BadRequest(f"{photo_only[0]} applies to a photo's garments: send a photo (image_url, file or an "
-                         "image/* body) with it.", field=photo_only[0])
-    # A page's empty text box next to a photo is no text; without a photo, text is required.
-    text = None if has_photo and (raw_text is None or (isinstance(raw_text, str) and not raw_text.strip())) \
-        else parse_text(raw_text)
-    from_text = got.form != "json"
-    n = parse_n(got.fields.get("n", 5), from_text=from_text) if with_n else 0
-    config = current_app.config["SEARCH"]
-    weight = (parse_weight(got.fields["image_weight"], from_text=from_text) if "image_weight" in got.fields
-              else config.image_weight)
-    garments = parse_garment_options(got.fields, current_app.extensions["garment_vocabulary"])
-    look = parse_flag(got.fields["look"], "look", from_text=from_text) if "look" in got.fields else False
-    return _Query(text=text, n=n, weight=weight, photo=photo, photo_url=photo_url, garments=garments, look=look)
+def _read_query(json_model=SearchJson, form_model=SearchForm) -> _Query:
+    """A query from JSON {text, image_url, n, image_weight, ...}, a multipart form (`file`, text,
+    n, image_weight, ...) or a raw image/* body (the fields in the query string)."""
+    got = read_image_request(json_model, form_model, file_required=False,
+                             photos_on=current_app.extensions.get("photos") is not None,
+                             photo_field="file" if request.mimetype != "application/json" else "image_url")
+    fields = got.fields
+    weight = getattr(fields, "image_weight", None)
+    return _Query(text=fields.text, n=getattr(fields, "n", 0),
+                  weight=current_app.config["SEARCH"].image_weight if weight is None else weight,
+                  photo=got.image, photo_url=getattr(fields, "image_url", None),
+                  garments=fields.garments(current_app.extensions["garment_vocabulary"]),
+                  look=getattr(fields, "look", False))
 
 
 def _text_vector(searcher, query: _Query) -> np.ndarray | None:
@@ -213,7 +159,7 @@ def search():
 def product_record(product: str):
     """A product as the index holds it: its images and the garment classes its masks kept."""
     searcher = _searcher()
-    reject_unknown_fields(request.args.to_dict(), set())
+    read(NoQuery, request.args.to_dict(), text=True)
     index = searcher.index
     row = index.products.find(product)
     if row is None:
@@ -231,8 +177,7 @@ def product_record(product: str):
 @bp.get("/products/<product>/similar")
 def similar(product: str):
     searcher = _searcher()
-    reject_unknown_fields(request.args.to_dict(), {"n"})
-    n = parse_n(request.args.get("n", 5), from_text=True)
+    n = read(SimilarQuery, request.args.to_dict(), text=True).n
     try:
         results = _ranked(searcher, searcher.similar, product, n)
     except KeyError:
@@ -244,9 +189,7 @@ def similar(product: str):
 def embed():
     """The normalised vector of a text or of a photo's garment, with the model that made it."""
     searcher = _searcher()
-    query = _read_query(with_n=False)
-    if query.text is not None and query.has_photo:
-        raise BadRequest("Send either text or a photo to /embed, not both.", field="text")
+    query = _read_query(EmbedJson, EmbedForm)  # text or a photo, not both
     vector = _query_vector(searcher, query)
     identity = searcher.embedder.identity
     return jsonify({
@@ -264,26 +207,12 @@ def embed():
 def batch():
     """Up to MAX_BATCH text queries; one result list per query, in order."""
     searcher = _searcher()
-    body = json_object_body()
-    reject_unknown_fields(body, {"queries"})
-    queries = body.get("queries")
-    if not isinstance(queries, list) or not 1 <= len(queries) <= MAX_BATCH:
-        raise BadRequest(f"queries must be a list of 1 to {MAX_BATCH} query objects.", field="queries")
-    parsed = []
-    for i, item in enumerate(queries):
-        where = f"queries[{i}]"
-        if not isinstance(item, dict):
-            raise BadRequest(f"{where} must be an object like {{\"text\": ..., \"n\": ...}}.", field=where)
-        unknown = sorted(set(item) - {"text", "n"})
-        if unknown:
-            raise BadRequest(f"Unknown field {unknown[0]!r} in {where}; accepted fields: n, text.",
-                             field=f"{where}.{unknown[0]}")
-        parsed.append((parse_text(item.get("text"), f"{where}.text"), parse_n(item.get("n", 5), f"{where}.n")))
+    queries = read(Batch, json_object_body()).queries
     answers = []
-    for text, n in parsed:
+    for query in queries:
         with timed(stage_timings(), "embed_text"):
-            vector = searcher.embed_query(text)
-        answers.append(_results_json(_ranked(searcher, searcher.search_vector, vector, n, text)))
+            vector = searcher.embed_query(query.text)
+        answers.append(_results_json(_ranked(searcher, searcher.search_vector, vector, query.n, query.text)))
     return jsonify(answers)
 
 

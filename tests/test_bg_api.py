@@ -139,7 +139,8 @@ def test_through_real_gunicorn(oracle_weights, street_url, synthetic_catalog, ti
 
         # The indexer can use this service instead of the in-process pipeline (--bg-url).
         from search.garments import RemoteGarments
-        from search.index import Index, build_index
+        from search.index_format import Index
+        from search.indexing.builder import build_index
 
         report = build_index(synthetic_catalog, tmp_path / "idx", tiny_embedder, RemoteGarments(base + "/"),
                              progress=False)

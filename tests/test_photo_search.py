@@ -371,8 +371,8 @@ def test_a_real_matted_catalog_photo_gives_its_indexed_vector(tmp_path, tiny_emb
     import shutil
 
     from search import create_app
-    from search.export import export_text_encoder
-    from search.index import build_index
+    from search.indexing.builder import build_index
+    from search.indexing.export import export_text_encoder
     from tests.conftest import shared_data
 
     catalog = tmp_path / "catalog"

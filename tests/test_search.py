@@ -9,7 +9,9 @@ import pytest
 import requests
 
 from search.config import ClipSettings, SearchConfig
-from search.index import Index, IndexLoadError, build_index, pool
+from search.index_format import Index, IndexLoadError
+from search.indexing.builder import build_index
+from search.indexing.pooling import pool
 from search.searcher import words
 from tests.conftest import (
     PRODUCT_COLOURS,
@@ -363,8 +365,8 @@ def test_readiness_and_metrics_name_the_backend(search_app, client):
 
 
 def test_every_backend_answers_like_exact(search_app, synthetic_index, tiny_embedder):
+    from search.index_format import Index
     from search.searcher import Searcher
-    from search.store import Index
 
     served = search_app.extensions["searcher"]
     reference = tiny_embedder

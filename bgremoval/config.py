@@ -1,121 +1,96 @@
-"""Every setting of the background-removal service, read from the environment in this one place."""
+"""Every setting of the background-removal service: each environment variable declared once, typed,
+with its default, what is allowed and a line on what it does (shared/settings.py)."""
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-
-from shared.env import env_flag
 from shared.fetch import FetchPolicy
 from shared.images import DEFAULT_MAX_PIXELS
+from shared.server import Device, ServerSettings, device_setting
+from shared.settings import Flag, OptionalFile, OptionalText, Settings, choice, setting
 
 MAIN_PERSON_RULES = ("largest", "central")
 BACKENDS = ("onnx", "torch")
 PRECISIONS = ("fp32", "int8")
 
 
-@dataclass(frozen=True)
-class PipelineSettings:
-    person_threshold: float = 0.5  # matte value above which a pixel is "person"
-    garment_threshold: float = 0.5  # summed probability of the selected clothing classes
-    min_person_fraction: float = 0.01  # below this share of the image: no person (flat-lay/packshot)
-    min_garment_fraction: float = 0.002  # below this share: nothing to return (422)
-    person_dilation: float = 0.01  # of the working image's diagonal; garment edges may stick out
-    working_max_side: int = 1024  # masks are computed at most this large, then scaled up
-    keep_main_person: bool = True
-    # Which blob is the main person: "largest" (the biggest blob alone) or "central" (area x
-    # centrality, plus fragments inside its box). With the IS-Net matte on the 704 CCP street
-    # photos, largest scored main-person IoU 0.9508 against 0.9486 (README "Choosing the main person").
-    main_person_rule: str = "largest"
-    # BG_CONCURRENT_MODELS: start the cloth model beside the person matte instead of after it (it
-    # needs only the photo), so one request keeps two cores busy. The same masks; a flat-lay (no
-    # person) wastes that cloth run. See bench/bg.py for what it buys.
-    concurrent_models: bool = False
-
-    def __post_init__(self) -> None:
-        if self.main_person_rule not in MAIN_PERSON_RULES:
-            raise ValueError(f"BG_MAIN_PERSON_RULE must be one of {', '.join(MAIN_PERSON_RULES)}, "
-                             f"not {self.main_person_rule!r}")
-
-    @classmethod
-    def from_env(cls, env=os.environ) -> "PipelineSettings":
-        return cls(
-            person_threshold=float(env.get("BG_PERSON_THRESHOLD", cls.person_threshold)),
-            garment_threshold=float(env.get("BG_GARMENT_THRESHOLD", cls.garment_threshold)),
-            min_person_fraction=float(env.get("BG_MIN_PERSON_FRACTION", cls.min_person_fraction)),
-            min_garment_fraction=float(env.get("BG_MIN_GARMENT_FRACTION", cls.min_garment_fraction)),
-            person_dilation=float(env.get("BG_PERSON_DILATION", cls.person_dilation)),
-            working_max_side=int(env.get("BG_WORKING_MAX_SIDE", cls.working_max_side)),
-            keep_main_person=env_flag(env, "BG_KEEP_MAIN_PERSON", cls.keep_main_person),
-            main_person_rule=env.get("BG_MAIN_PERSON_RULE", cls.main_person_rule).strip().lower(),
-            concurrent_models=env_flag(env, "BG_CONCURRENT_MODELS", cls.concurrent_models),
-        )
+class PipelineSettings(Settings):
+    person_threshold: float = setting(0.5, env="BG_PERSON_THRESHOLD", ge=0, le=1,
+                                      description="matte value that counts as person")
+    garment_threshold: float = setting(0.5, env="BG_GARMENT_THRESHOLD", ge=0, le=1,
+                                       description="summed probability of the requested clothing classes")
+    min_person_fraction: float = setting(
+        0.01, env="BG_MIN_PERSON_FRACTION", ge=0, le=1,
+        description="below this share of the image: no person (flat-lay, packshot), use the product matte")
+    min_garment_fraction: float = setting(0.002, env="BG_MIN_GARMENT_FRACTION", ge=0, le=1,
+                                          description="below this share: 422 instead of a black picture")
+    person_dilation: float = setting(
+        0.01, env="BG_PERSON_DILATION", ge=0, le=1,
+        description="person mask grown by this share of the diagonal before intersecting (garment edges stick out)")
+    working_max_side: int = setting(1024, env="BG_WORKING_MAX_SIDE", ge=16,
+                                    description="masks are computed at most this large, then scaled to the input")
+    keep_main_person: Flag = setting(True, env="BG_KEEP_MAIN_PERSON", description="drop bystanders: keep only the main person")
+    # With the IS-Net matte on the 704 CCP street photos, largest scored main-person IoU 0.9508
+    # against 0.9486 (README "Choosing the main person").
+    main_person_rule: choice(*MAIN_PERSON_RULES) = setting(
+        "largest", env="BG_MAIN_PERSON_RULE",
+        description="which blob is the main person: `largest`, or `central` (area x centrality, plus fragments "
+                    "inside its box)")
+    # The cloth model needs only the photo, so it can start beside the person matte and one
+    # request keeps two cores busy. The same masks; a flat-lay (no person) wastes that cloth run.
+    concurrent_models: Flag = setting(
+        False, env="BG_CONCURRENT_MODELS",
+        description="run the cloth model beside the person matte (same masks; no faster on 2 cores, see bench/bg.py)")
 
 
-@dataclass(frozen=True)
-class ModelNames:
-    person: str = "u2net_human_seg"
-    cloth: str = "u2net_cloth_seg"
-    product: str = "isnet-general-use"
-
-    @classmethod
-    def from_env(cls, env=os.environ) -> "ModelNames":
-        return cls(
-            person=env.get("BG_PERSON_MODEL", cls.person),
-            cloth=env.get("BG_CLOTH_MODEL", cls.cloth),
-            product=env.get("BG_PRODUCT_MODEL", cls.product),
-        )
+class ModelNames(Settings):
+    person: str = setting("u2net_human_seg", env="BG_PERSON_MODEL", min_length=1,
+                          description="person matte (also `u2net`, `u2netp`, `silueta`, `isnet-general-use`)")
+    cloth: str = setting("u2net_cloth_seg", env="BG_CLOTH_MODEL", min_length=1,
+                         description="clothing segmentation (upper / lower / full)")
+    product: str = setting("isnet-general-use", env="BG_PRODUCT_MODEL", min_length=1,
+                           description="salient-object matte for flat-lays and packshots")
 
 
-@dataclass(frozen=True)
-class BgConfig:
-    models: ModelNames = field(default_factory=ModelNames)
-    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
-    weights_dir: str | None = None  # U2NET_HOME; rembg reads it too
-    ort_threads: int = 1  # per session; workers x threads should not exceed the cores
-    device: str = "cpu"  # DEVICE: auto | cpu | cuda (onnxruntime's CUDA provider; shared/device.py)
-    # BG_BACKEND: "onnx" (onnxruntime, the default) or "torch" (the same ONNX graphs converted by
-    # onnx2torch, batched and fp16 on a GPU: the indexer's GPU path where onnxruntime-gpu is missing)
-    backend: str = "onnx"
-    # BG_CLOTH_PRECISION: "int8" runs the quantised cloth model `python -m bgremoval.quantize` made,
-    # refused when its recorded mask disagreement with fp32 is over max_int8_disagreement
-    cloth_precision: str = "fp32"
-    max_int8_disagreement: float = 0.005  # share of mask pixels that may differ from fp32
-    allow_download: bool = False  # let rembg download missing weights at start (needs internet)
-    jpeg_quality: int = 95
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_body_bytes: int = 20 * 1024 * 1024
-    # Megapixels one worker processes at once (<= 9 MB of memory each); past it a request waits
-    # up to inflight_wait_s, then gets 503 + Retry-After. 48 = one photo at the 40 MP cap plus
-    # small ones beside it.
-    max_inflight_mp: float = 48.0
-    inflight_wait_s: float = 10.0
-    fetch: FetchPolicy = field(default_factory=FetchPolicy)
-    # GARMENT_VOCABULARY: the product-text -> garment classes file (default: the one shipped in shared/)
-    vocabulary_path: str | None = None
+class BgConfig(Settings):
+    models: ModelNames = ModelNames()
+    pipeline: PipelineSettings = PipelineSettings()
+    # Need not exist yet: BG_ALLOW_DOWNLOAD fills it, and readiness names what is missing.
+    weights_dir: OptionalText = setting(
+        None, env="U2NET_HOME",
+        description="rembg weights directory (`<name>.onnx` or `models/<name>/<name>.onnx`); unset = `~/.u2net`")
+    checksum_disabled: Flag = setting(False, env="MODEL_CHECKSUM_DISABLED",
+                                      description="rembg: skip the md5 check (only for self-made weights)")
+    ort_threads: int = setting(1, env="ORT_THREADS", ge=1,
+                               description="onnxruntime intra-op threads per session (workers x threads <= cores)")
+    device: Device = device_setting()
+    backend: choice(*BACKENDS) = setting(
+        "onnx", env="BG_BACKEND",
+        description="`onnx` (onnxruntime), or `torch`: rembg's graphs converted by onnx2torch, batched, fp16 on CUDA "
+                    "(the indexer's GPU path; needs the builder requirements)")
+    cloth_precision: choice(*PRECISIONS) = setting(
+        "fp32", env="BG_CLOTH_PRECISION",
+        description="`int8`: the quantised cloth model `python -m bgremoval.quantize` made, loaded only with its "
+                    "recorded agreement")
+    max_int8_disagreement: float = setting(0.005, env="BG_INT8_MAX_DISAGREEMENT", ge=0, le=1,
+                                           description="the worst recorded share of mask pixels int8 may change")
+    allow_download: Flag = setting(False, env="BG_ALLOW_DOWNLOAD",
+                                   description="let the service download missing weights at start (needs internet)")
+    jpeg_quality: int = setting(95, env="BG_JPEG_QUALITY", ge=1, le=100, description="JPEG quality of the answer")
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, env="MAX_IMAGE_PIXELS", ge=1,
+                              description="decompression-bomb cap (pixels, checked before decoding)")
+    max_body_bytes: int = setting(20 * 1024 * 1024, env="MAX_BODY_BYTES", ge=1, description="request body cap")
+    # <= 9 MB of memory per megapixel. 48 = one photo at the 40 MP cap plus small ones beside it.
+    max_inflight_mp: float = setting(
+        48.0, env="BG_MAX_INFLIGHT_MP", gt=0,
+        description="megapixels one worker processes at once; past it requests wait, then 503 + `Retry-After`")
+    inflight_wait_s: float = setting(10.0, env="BG_INFLIGHT_WAIT_S", ge=0,
+                                     description="seconds a request waits for that budget")
+    fetch: FetchPolicy = FetchPolicy()
+    vocabulary_path: OptionalFile = setting(
+        None, env="GARMENT_VOCABULARY",
+        description="the product-text -> garment classes file (unset: the shipped `shared/garment_vocabulary.json`)")
+    server: ServerSettings = ServerSettings()  # gunicorn's own (docker/gunicorn.conf.py)
 
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"BG_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
-        if self.cloth_precision not in PRECISIONS:
-            raise ValueError(f"BG_CLOTH_PRECISION must be one of {', '.join(PRECISIONS)}, not {self.cloth_precision!r}")
-
-    @classmethod
-    def from_env(cls, env=os.environ) -> "BgConfig":
-        return cls(
-            models=ModelNames.from_env(env),
-            pipeline=PipelineSettings.from_env(env),
-            weights_dir=env.get("U2NET_HOME") or None,
-            ort_threads=int(env.get("ORT_THREADS", cls.ort_threads)),
-            device=env.get("DEVICE", cls.device).strip().lower(),
-            backend=env.get("BG_BACKEND", cls.backend).strip().lower(),
-            cloth_precision=env.get("BG_CLOTH_PRECISION", cls.cloth_precision).strip().lower(),
-            max_int8_disagreement=float(env.get("BG_INT8_MAX_DISAGREEMENT", cls.max_int8_disagreement)),
-            allow_download=env_flag(env, "BG_ALLOW_DOWNLOAD"),
-            jpeg_quality=int(env.get("BG_JPEG_QUALITY", cls.jpeg_quality)),
-            max_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_pixels)),
-            max_body_bytes=int(env.get("MAX_BODY_BYTES", cls.max_body_bytes)),
-            max_inflight_mp=float(env.get("BG_MAX_INFLIGHT_MP", cls.max_inflight_mp)),
-            inflight_wait_s=float(env.get("BG_INFLIGHT_WAIT_S", cls.inflight_wait_s)),
-            fetch=FetchPolicy.from_env(env),
-            vocabulary_path=env.get("GARMENT_VOCABULARY") or None,
-        )
+def check_settings() -> BgConfig:
+    """The service's settings from the environment; SettingsError names a bad one (gunicorn's
+    master calls this before it starts a worker)."""
+    return BgConfig.from_env()

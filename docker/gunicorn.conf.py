@@ -1,35 +1,57 @@
-"""gunicorn settings for both services; every knob can be set from the environment.
+"""gunicorn settings for both services, from the typed ServerSettings (shared/server.py).
 
-Defaults come from bench/load.py on a 2-core machine (see README): inference is CPU-bound and
-onnxruntime/torch already use ORT_THREADS/TORCH_THREADS threads, so few workers with a couple
-of threads each keeps both cores busy without oversubscribing them.
+The master checks every setting before it forks a worker: its own (GUNICORN_*), then the
+service's (bgremoval/config.py or search/config.py, chosen by the app it serves). A bad value
+stops it with one line naming the variable, the value and what is allowed, and exit status 2,
+instead of workers failing to boot one after another.
 """
+import importlib
 import os
+import sys
 
-bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:5000")
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "2"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+
+from shared.server import ServerSettings  # noqa: E402
+from shared.settings import exit_on_bad_settings  # noqa: E402
+
+_server: ServerSettings | None = None
+
+
+def _check_server() -> None:
+    global _server
+    _server = ServerSettings.from_env()
+
+
+exit_on_bad_settings(_check_server)
+
+bind = _server.bind
+workers = _server.workers
+threads = _server.threads
 worker_class = "gthread"
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))  # a fetch (10 s) + inference fits easily
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+timeout = _server.timeout
+graceful_timeout = _server.graceful_timeout
 keepalive = 5
 # Recycle workers now and then against slow leaks; jitter keeps them from restarting together.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
-max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "200"))
+max_requests = _server.max_requests
+max_requests_jitter = _server.max_requests_jitter
 # No preload: torch and onnxruntime thread pools do not survive fork safely; each worker loads
 # its own models after fork, inside the app factory, before gunicorn lets it accept connections.
 # So a recycled or reloaded (SIGHUP) worker takes no request until it is ready: meanwhile the
 # other workers serve, or requests wait in the listen backlog. A worker must finish loading
 # within `timeout`.
 preload_app = False
-accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "0") == "1" else None
+accesslog = "-" if _server.access_log else None
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+loglevel = _server.log_level
 
 
 def on_starting(server):
+    # The service's own settings, checked in the master: "bgremoval:create_app()" -> bgremoval.config.
+    package = server.app.app_uri.split(":", 1)[0].split(".", 1)[0]
+    config = importlib.import_module(f"{package}.config")
+    exit_on_bad_settings(config.check_settings)
     # Prometheus multiprocess mode: start from empty files, not a previous run's counters.
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = _server.prometheus_dir
     if directory:
         os.makedirs(directory, exist_ok=True)
         for name in os.listdir(directory):
@@ -38,7 +60,7 @@ def on_starting(server):
 
 def child_exit(server, worker):
     # Prometheus multiprocess mode: drop the dead worker's live gauges.
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _server.prometheus_dir:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)

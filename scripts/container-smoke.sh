@@ -59,6 +59,18 @@ torch_check=$(podman run --rm --network none fashion-search:latest python -c \
   "import importlib.util as u; print('torch', 'present' if u.find_spec('torch') else 'absent')") || true
 echo "search image: $torch_check"
 [ "$torch_check" = "torch absent" ] || { echo "container smoke test failed: search image torch check: $torch_check"; exit 1; }
+# A bad setting stops each image at start: the container log has the one line, the exit status is
+# non-zero, and no worker was started (no crash loop without a message).
+for case in "fashion-bgremoval:latest BG_JPEG_QUALITY=high" "fashion-search:latest SEARCH_BACKEND=pinecone"; do
+  set -- $case
+  status=0
+  out=$(timeout 60 podman run --rm --network none -e "$2" "$1" 2>&1) || status=$?
+  echo "$1 with $2: exit $status: $(echo "$out" | grep 'bad setting' | head -1)"
+  if [ "$status" = 0 ] || [ "$status" = 124 ] || ! echo "$out" | grep -q "bad setting: ${2%%=*}='${2#*=}' is not allowed" \
+     || echo "$out" | grep -q "Booting worker"; then
+    echo "container smoke test failed: $1 did not refuse $2 at start:"; echo "$out" | tail -20; exit 1
+  fi
+done
 
 up_started=$(date +%s)
 podman-compose -p "$PROJECT" up -d

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from search.config import ClipSettings
+from shared.settings import exit_on_bad_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if args != ["download"]:
         print(__doc__, file=sys.stderr)
         return 2
-    settings = ClipSettings.from_env()
+    settings = exit_on_bad_settings(ClipSettings.from_env)
     if not settings.pretrained:
         print("CLIP_PRETRAINED is empty: nothing to download (random weights)")
         return 0
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         digests.add(digest)
         print(f"{path}: {path.stat().st_size:,} bytes, sha256 {digest}")
-    expected = os.environ.get("CLIP_WEIGHTS_SHA256", "").strip().lower()
+    expected = (settings.weights_sha256 or "").lower()
     if expected and expected not in digests:
         print(f"no downloaded weights file has the expected sha256 {expected}", file=sys.stderr)
         return 1

@@ -8,13 +8,13 @@ re-checked; size and time are capped while streaming.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import time
-from dataclasses import dataclass, field
+from typing import Annotated
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+from pydantic import BeforeValidator
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -25,33 +25,33 @@ from urllib3.exceptions import (
 )
 
 from shared.errors import BadRequest, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from shared.settings import Settings, setting
 
 USER_AGENT = "fashion-services-image-fetcher/1.0"
 CHUNK_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class FetchPolicy:
-    connect_timeout: float = 3.0
-    read_timeout: float = 5.0
-    deadline: float = 10.0  # whole fetch, redirects included
-    max_bytes: int = 20 * 1024 * 1024
-    max_redirects: int = 3
-    # Hosts (names or IP literals) exempt from the address check. Off by default; tests and
-    # operators with an internal image store set it explicitly.
-    allow_hosts: frozenset[str] = field(default_factory=frozenset)
+def _host_list(value):
+    if isinstance(value, str):
+        return frozenset(h.strip().lower() for h in value.split(",") if h.strip())
+    return value
 
-    @classmethod
-    def from_env(cls, env=os.environ) -> "FetchPolicy":
-        hosts = {h.strip().lower() for h in env.get("FETCH_ALLOW_HOSTS", "").split(",") if h.strip()}
-        return cls(
-            connect_timeout=float(env.get("FETCH_CONNECT_TIMEOUT", cls.connect_timeout)),
-            read_timeout=float(env.get("FETCH_READ_TIMEOUT", cls.read_timeout)),
-            deadline=float(env.get("FETCH_DEADLINE", cls.deadline)),
-            max_bytes=int(env.get("FETCH_MAX_BYTES", cls.max_bytes)),
-            max_redirects=int(env.get("FETCH_MAX_REDIRECTS", cls.max_redirects)),
-            allow_hosts=frozenset(hosts),
-        )
+
+class FetchPolicy(Settings):
+    """How images are fetched from client-supplied URLs (both services)."""
+
+    connect_timeout: float = setting(3.0, env="FETCH_CONNECT_TIMEOUT", gt=0, description="seconds to connect")
+    read_timeout: float = setting(5.0, env="FETCH_READ_TIMEOUT", gt=0, description="seconds between bytes")
+    deadline: float = setting(10.0, env="FETCH_DEADLINE", gt=0,
+                              description="seconds for the whole download, redirects included")
+    max_bytes: int = setting(20 * 1024 * 1024, env="FETCH_MAX_BYTES", ge=1,
+                             description="download cap, enforced while streaming")
+    max_redirects: int = setting(3, env="FETCH_MAX_REDIRECTS", ge=0, description="each target is re-checked")
+    # Off by default; tests and operators with an internal image store set it explicitly.
+    allow_hosts: Annotated[frozenset[str], BeforeValidator(_host_list)] = setting(
+        frozenset(), env="FETCH_ALLOW_HOSTS",
+        description="comma-separated hosts (names or IP literals) exempt from the address check "
+                    "(tests, internal stores)")
 
 
 def is_public_address(address: str) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 
 M_MMAP_THRESHOLD = -3
 DEFAULT_THRESHOLD = 1 << 20
@@ -27,10 +26,11 @@ DEFAULT_THRESHOLD = 1 << 20
 log = logging.getLogger("fashion.startup")
 
 
-def return_large_blocks(threshold: int = DEFAULT_THRESHOLD) -> bool:
+def return_large_blocks(threshold: int = DEFAULT_THRESHOLD, *, preset: int | None = None) -> bool:
     """Fix glibc's mmap threshold at `threshold` bytes for this process; False where unavailable
-    or where MALLOC_MMAP_THRESHOLD_ already set it (glibc reads that at start)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    or where `preset` (MALLOC_MMAP_THRESHOLD_, ServerSettings.malloc_mmap_threshold) already set
+    it: glibc reads that variable itself at start."""
+    if preset is not None:
         return False
     name = ctypes.util.find_library("c")
     try:

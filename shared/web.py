@@ -23,6 +23,7 @@ from prometheus_client import (
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import BadRequest, NotReady, ProblemError, UnsupportedMediaType
+from shared.server import ServerSettings
 
 log = logging.getLogger("fashion.http")
 PROBLEM_MIMETYPE = "application/problem+json"
@@ -73,7 +74,10 @@ class Readiness:
 
 
 class Metrics:
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, multiprocess_dir: str | None = None) -> None:
+        # PROMETHEUS_MULTIPROC_DIR (ServerSettings.prometheus_dir): prometheus_client reads the
+        # variable itself to write each worker's files; /metrics then adds them up.
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "http_requests_total", "HTTP requests", ["service", "endpoint", "method", "status"],
@@ -100,7 +104,7 @@ class Metrics:
             self.inference.labels(self.service, stage).observe(seconds)
 
     def exposition(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self.multiprocess_dir:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
@@ -122,15 +126,6 @@ def json_object_body() -> dict:
     return body
 
 
-def reject_unknown_fields(body: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest(
-            f"Unknown field {unknown[0]!r}; accepted fields: {', '.join(sorted(allowed))}.",
-            field=unknown[0],
-        )
-
-
 def stage_timings() -> dict[str, float]:
     """Per-request dict the handlers fill with pipeline stage timings (logged and measured)."""
     if "stage_timings" not in g:
@@ -138,9 +133,10 @@ def stage_timings() -> dict[str, float]:
     return g.stage_timings
 
 
-def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: dict) -> None:
+def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: dict,
+                   server: ServerSettings | None = None) -> None:
     """Error handlers, request ids, logs, metrics and the ops endpoints, on one app."""
-    metrics = Metrics(service)
+    metrics = Metrics(service, (server or ServerSettings()).prometheus_dir)
     app.extensions["metrics"] = metrics
     app.extensions["readiness"] = readiness
     app.json.sort_keys = False
@@ -243,12 +239,14 @@ def create_service_app(import_name: str, *, service: str, openapi: dict, bluepri
     from shared.malloc import return_large_blocks
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return_large_blocks()  # before the models load: their freed buffers go back too
+    server = settings[1].server  # the service config's gunicorn section (shared/server.py)
+    # Before the models load: their freed buffers go back too.
+    return_large_blocks(preset=server.malloc_mmap_threshold)
     app = Flask(import_name, static_folder=None)  # assets come from the page blueprints only
     app.config[settings[0]] = settings[1]
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     readiness = Readiness()
-    install_common(app, service=service, readiness=readiness, openapi=openapi)
+    install_common(app, service=service, readiness=readiness, openapi=openapi, server=server)
     app.register_blueprint(blueprint)
     if page is not None:
         from shared.pages import assets

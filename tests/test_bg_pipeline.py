@@ -116,7 +116,7 @@ def test_main_person_rules_differ_on_a_large_blob_at_the_edge():
     assert main_person(mask, "largest")[10, 10] and not main_person(mask, "largest")[50, 50]
     assert np.array_equal(largest_component(mask), main_person(mask, "largest"))
     assert not largest_component(np.zeros((4, 4), bool)).any()
-    with pytest.raises(ValueError, match="BG_MAIN_PERSON_RULE must be one of largest, central"):
+    with pytest.raises(ValueError, match="BG_MAIN_PERSON_RULE='biggest' is not allowed: choose 'largest' or 'central'"):
         PipelineSettings.from_env({"BG_MAIN_PERSON_RULE": "biggest"})
     assert PipelineSettings.from_env({"BG_MAIN_PERSON_RULE": " Largest "}).main_person_rule == "largest"
 

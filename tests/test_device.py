@@ -59,12 +59,17 @@ def test_bg_service_on_device_cuda_without_a_gpu_serves_on_the_cpu(oracle_weight
     assert "runs it on CPUExecutionProvider" in caplog.text
 
 
-def test_bg_service_refuses_an_unknown_device(oracle_weights):
+def test_bg_service_refuses_an_unknown_device(oracle_weights, monkeypatch):
+    """Refused before anything loads (it was a 503 on /readyz once), naming what is allowed."""
     from bgremoval import create_app
     from bgremoval.config import BgConfig
+    from shared.settings import SettingsError
 
-    ready = create_app(BgConfig(weights_dir=str(oracle_weights), device="tpu")).test_client().get("/readyz")
-    assert ready.status_code == 503 and "DEVICE='tpu'" in ready.json["detail"]
+    with pytest.raises(SettingsError, match="DEVICE='tpu' is not allowed: choose 'auto', 'cpu' or 'cuda'"):
+        BgConfig(weights_dir=str(oracle_weights), device="tpu")
+    monkeypatch.setenv("DEVICE", "tpu")
+    with pytest.raises(SettingsError, match="DEVICE='tpu'"):
+        create_app()
 
 
 def test_indexer_embedder_reports_its_device():

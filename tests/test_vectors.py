@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from search.config import BackendSettings
+from search.index_format import Index, IndexArrays, write_index
 from search.searcher import Searcher
-from search.store import Index, IndexArrays, write_index
 from search.vectors import Hits, VectorStore, VectorStoreError
 from search.vectors.exact import ExactStore
+from shared.settings import SettingsError
 
 WORDS = ["black", "red", "linen", "cotton", "tunic", "dress", "shirt", "long", "short", "sleeve", "floral", "navy"]
 
@@ -111,7 +112,8 @@ def test_exact_scores_of_some_products_equal_the_full_scores(tmp_path):
                                          ("ivf-pq", {"nlist": 16, "m": 16})])
 @pytest.mark.parametrize("pooling", ["max", "score-max"])
 def test_faiss_recall_and_true_scores(tmp_path, kind, params, pooling):
-    from search.vectors.faiss_ann import FaissStore, build_ann
+    from search.indexing.ann import build_ann
+    from search.vectors.faiss_ann import FaissStore
 
     index = synthetic(tmp_path / "idx", pooling=pooling)
     entry = build_ann(tmp_path / "idx", kind, params, progress=False)
@@ -135,7 +137,8 @@ def test_faiss_recall_and_true_scores(tmp_path, kind, params, pooling):
 def test_faiss_answers_large_name_levels_by_a_filtered_search(tmp_path, pooling, monkeypatch):
     """IVF and flat kinds search only the products a name level holds (a bitmap selector): with
     every IVF list probed that is exact, and the blend matches blending every product."""
-    from search.vectors.faiss_ann import FaissStore, build_ann
+    from search.indexing.ann import build_ann
+    from search.vectors.faiss_ann import FaissStore
 
     monkeypatch.setattr("search.vectors.faiss_ann.GATHER_LIMIT", 50)
     monkeypatch.setattr("search.searcher.CHEAP_LEVEL", 50)
@@ -157,7 +160,8 @@ def test_faiss_answers_large_name_levels_by_a_filtered_search(tmp_path, pooling,
 
 
 def test_faiss_refuses_an_index_without_a_matching_approximate_index(tmp_path):
-    from search.vectors.faiss_ann import FaissStore, build_ann
+    from search.indexing.ann import build_ann
+    from search.vectors.faiss_ann import FaissStore
 
     index = synthetic(tmp_path / "idx", products=300)
     with pytest.raises(VectorStoreError, match="search.index ann"):
@@ -175,8 +179,8 @@ def test_faiss_refuses_an_index_without_a_matching_approximate_index(tmp_path):
 
 @pytest.mark.parametrize("pooling", ["max", "score-max"])
 def test_exact_float16_ranks_as_float32_and_returns_true_cosines(tmp_path, pooling, monkeypatch):
+    from search.indexing.ann import build_ann
     from search.vectors import open_store
-    from search.vectors.faiss_ann import build_ann
 
     index = synthetic(tmp_path / "idx", products=6000, pooling=pooling)
     with pytest.raises(VectorStoreError, match="ann --index DIR --ann flat-fp16"):
@@ -196,20 +200,20 @@ def test_exact_float16_ranks_as_float32_and_returns_true_cosines(tmp_path, pooli
                 got, want = half.rank(query, texts[i % 4], 10), full.rank(query, texts[i % 4], 10)
                 assert got.rows.tolist() == want.rows.tolist(), (gather, w, i)
                 assert np.allclose(got.scores, want.scores, atol=1e-6)  # re-scored in float32
-    with pytest.raises(VectorStoreError, match="not float32 or float16"):
+    with pytest.raises(SettingsError, match="SEARCH_EXACT_DTYPE='int8' is not allowed: choose 'float32' or 'float16'"):
         open_store(BackendSettings(exact_dtype="int8"), index)
 
 
 def test_an_unknown_backend_is_refused(tmp_path):
     from search.vectors import open_store
 
-    with pytest.raises(VectorStoreError, match="exact, faiss, milvus"):
+    with pytest.raises(SettingsError, match="SEARCH_BACKEND='elastic' is not allowed: choose 'exact', 'faiss' or 'milvus'"):
         open_store(BackendSettings(backend="elastic"), synthetic(tmp_path / "idx", products=50))
 
 
 def test_update_keeps_the_approximate_index(synthetic_catalog, synthetic_index, tmp_path, tiny_embedder, bg_pipeline):
     from search.garments import LocalGarments
-    from search.index import build_index
+    from search.indexing.builder import build_index
 
     out = tmp_path / "idx"
     shutil.copytree(synthetic_index, out)

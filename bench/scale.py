@@ -4,7 +4,7 @@
                           [--backends exact,hnsw,ivf-pq,flat-fp16,milvus] [--queries 300]
                           [--out /tmp/scale-bench] [--keep] [--http-sizes 100k] [--memory-sizes 100k,1m]
 
-For every dataset and size it writes an index in the service's format (search/store.py: meta.json +
+For every dataset and size it writes an index in the service's format (search/index_format.py: meta.json +
 a gen-*/ folder of .npy files, written in chunks so the generator's own memory stays small), then
 for each backend reports:
 
@@ -306,7 +306,7 @@ def _write_rows(path: Path, shape: tuple, dtype) -> tuple[int, int]:
 
 
 def write_generated_index(out: Path, generator, n: int, identity: dict, catalog: Path) -> dict:
-    """Write an index of n products x 5 images in the format search.store.write_index writes (same
+    """Write an index of n products x 5 images in the format search.index_format.write_index writes (same
     files, names sorted and unique), generating and writing CHUNK products at a time through file
     writes, not a memory map, so the process holds one chunk (not 12 GB of dirty mapped pages)."""
     from search.index_format import FORMAT_VERSION, NameIndex, StringTable, new_generation_name, write_meta

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urljoin, urlsplit
 
@@ -83,7 +84,7 @@ def _resolve_checked(host: str, port: int, policy: FetchPolicy) -> str:
     return addresses[0]
 
 
-def _open(url: str, policy: FetchPolicy, remaining: float):
+def _open(url: str, policy: FetchPolicy, remaining: float, headers: dict[str, str] | None = None):
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise BadRequest(f"Only http and https URLs are accepted, not {parts.scheme or 'none'!r}.", field="url")
@@ -114,7 +115,7 @@ def _open(url: str, policy: FetchPolicy, remaining: float):
     response = pool.urlopen(
         "GET",
         target,
-        headers={"Host": host_header, "User-Agent": USER_AGENT, "Accept": "image/*"},
+        headers={"Host": host_header, "User-Agent": USER_AGENT, "Accept": "image/*", **(headers or {})},
         redirect=False,
         preload_content=False,
         decode_content=True,
@@ -122,15 +123,38 @@ def _open(url: str, policy: FetchPolicy, remaining: float):
     return pool, response
 
 
+class UpstreamStatus(UpstreamError):
+    """The image host answered with an error status (kept in `upstream_status`: 404 and 410 mean
+    gone, 429 and 5xx mean try again later)."""
+
+    def __init__(self, upstream_status: int):
+        super().__init__(f"The image host answered HTTP {upstream_status}.")
+        self.upstream_status = upstream_status
+
+
+@dataclass(frozen=True)
+class Fetched:
+    status: int  # 200..299, or 304 (not modified: no body) for a conditional request
+    body: bytes
+    headers: dict[str, str]  # the final response's, lower-cased names
+
+
 def fetch_url(url: str, policy: FetchPolicy) -> bytes:
     """Download `url` under `policy`. Raises ProblemErrors (400/413/502/504) on every failure."""
+    return fetch(url, policy).body
+
+
+def fetch(url: str, policy: FetchPolicy, headers: dict[str, str] | None = None) -> Fetched:
+    """`url` under `policy`, with extra request `headers` (e.g. If-None-Match: a 304 comes back
+    as such, without a body). Raises ProblemErrors (400/413/502/504) on every failure;
+    UpstreamStatus for an error status."""
     started = time.monotonic()
     for _ in range(policy.max_redirects + 1):
         remaining = policy.deadline - (time.monotonic() - started)
         if remaining <= 0:
             raise UpstreamTimeout(f"Fetching the image took longer than {policy.deadline:g} s.")
         try:
-            pool, response = _open(url, policy, remaining)
+            pool, response = _open(url, policy, remaining, headers)
         except (ConnectTimeoutError, ReadTimeoutError):
             raise UpstreamTimeout(f"The image host did not answer in time ({url}).") from None
         except MaxRetryError as exc:
@@ -146,9 +170,12 @@ def fetch_url(url: str, policy: FetchPolicy) -> bytes:
                     raise UpstreamError(f"The image host answered {response.status} without a Location.")
                 url = urljoin(url, location)
                 continue
+            answered = {k.lower(): v for k, v in response.headers.items()}
+            if response.status == 304 and headers:
+                return Fetched(304, b"", answered)
             if not 200 <= response.status < 300:
-                raise UpstreamError(f"The image host answered HTTP {response.status}.")
-            return _read_capped(response, policy, started)
+                raise UpstreamStatus(response.status)
+            return Fetched(response.status, _read_capped(response, policy, started), answered)
         finally:
             response.release_conn()
             pool.close()

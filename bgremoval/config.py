@@ -56,9 +56,12 @@ class BgConfig(Settings):
     # Need not exist yet: BG_ALLOW_DOWNLOAD fills it, and readiness names what is missing.
     weights_dir: OptionalText = setting(
         None, env="U2NET_HOME",
-        description="rembg weights directory (`<name>.onnx` or `models/<name>/<name>.onnx`); unset = `~/.u2net`")
-    checksum_disabled: Flag = setting(False, env="MODEL_CHECKSUM_DISABLED",
-                                      description="rembg: skip the md5 check (only for self-made weights)")
+        description="rembg weights directory (`<name>.onnx` or `models/<name>/<name>.onnx`); unset: rembg's "
+                    "`~/.rembg` (or `$XDG_DATA_HOME/rembg`)")
+    # rembg reads it itself, and any value (even 0) turns its check off: so text, not a flag.
+    checksum_disabled: OptionalText = setting(
+        None, env="MODEL_CHECKSUM_DISABLED",
+        description="set (to any value): rembg skips the md5 check of its weights (only for self-made weights)")
     ort_threads: int = setting(1, env="ORT_THREADS", ge=1,
                                description="onnxruntime intra-op threads per session (workers x threads <= cores)")
     device: Device = device_setting()

@@ -53,7 +53,7 @@ def rembg_home(weights_dir: str | None):
 
 def weights_home(weights_dir: str | None) -> str:
     """Where rembg looks, in words, for messages."""
-    return weights_dir or "rembg's default home (~/.u2net)"
+    return weights_dir or "rembg's default home (~/.rembg, or $XDG_DATA_HOME/rembg)"
 
 
 def weights_file(name: str, weights_dir: str | None = None) -> str | None:

@@ -14,15 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from shared.server import ServerSettings  # noqa: E402
 from shared.settings import exit_on_bad_settings  # noqa: E402
 
-_server: ServerSettings | None = None
-
-
-def _check_server() -> None:
-    global _server
-    _server = ServerSettings.from_env()
-
-
-exit_on_bad_settings(_check_server)
+_server = exit_on_bad_settings(ServerSettings.from_env)
 
 bind = _server.bind
 workers = _server.workers

@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
 from search.schemas import Batch, EmbedForm, EmbedJson, NoQuery, SearchForm, SearchJson, SimilarQuery
 from search.vectors import VectorStoreError
-from shared.errors import NotFound, NotReady, ProblemError
+from shared.errors import NotFound, NotReady
 from shared.fetch import fetch_url
 from shared.garment_request import GarmentOptions
 from shared.schemas import read
@@ -65,12 +65,7 @@ class _Query:
         if self.photo is not None:
             return self.photo
         with timed(stage_timings(), "fetch"):
-            try:
-                return fetch_url(self.photo_url, current_app.config["SEARCH"].fetch)
-            except ProblemError as exc:
-                if exc.field == "url":  # the fetcher's name for the address it refused: here image_url
-                    exc.field = "image_url"
-                raise
+            return fetch_url(self.photo_url, current_app.config["SEARCH"].fetch, field="image_url")
 
 
 def _read_query(json_model=SearchJson, form_model=SearchForm) -> _Query:

@@ -65,7 +65,7 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
-def _resolve_checked(host: str, port: int, policy: FetchPolicy) -> str:
+def _resolve_checked(host: str, port: int, policy: FetchPolicy, field: str) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -79,23 +79,23 @@ def _resolve_checked(host: str, port: int, policy: FetchPolicy) -> str:
             # Every answer must be public: a mixed answer is a classic rebinding trick.
             raise BadRequest(
                 f"URL host {host!r} resolves to a non-public address ({refused[0]}); refused.",
-                field="url",
+                field=field,
             )
     return addresses[0]
 
 
-def _open(url: str, policy: FetchPolicy, remaining: float, headers: dict[str, str] | None = None):
+def _open(url: str, policy: FetchPolicy, remaining: float, headers: dict[str, str] | None, field: str):
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise BadRequest(f"Only http and https URLs are accepted, not {parts.scheme or 'none'!r}.", field="url")
+        raise BadRequest(f"Only http and https URLs are accepted, not {parts.scheme or 'none'!r}.", field=field)
     host = parts.hostname
     if not host:
-        raise BadRequest("The URL has no host.", field="url")
+        raise BadRequest("The URL has no host.", field=field)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise BadRequest("The URL has an invalid port.", field="url") from None
-    address = _resolve_checked(host, port, policy)
+        raise BadRequest("The URL has an invalid port.", field=field) from None
+    address = _resolve_checked(host, port, policy, field)
     timeout = urllib3.Timeout(
         connect=min(policy.connect_timeout, remaining), read=min(policy.read_timeout, remaining)
     )
@@ -139,22 +139,23 @@ class Fetched:
     headers: dict[str, str]  # the final response's, lower-cased names
 
 
-def fetch_url(url: str, policy: FetchPolicy) -> bytes:
-    """Download `url` under `policy`. Raises ProblemErrors (400/413/502/504) on every failure."""
-    return fetch(url, policy).body
+def fetch_url(url: str, policy: FetchPolicy, *, field: str = "url") -> bytes:
+    """Download `url` under `policy`. Raises ProblemErrors (400/413/502/504) on every failure; a
+    refused address names the request's `field`."""
+    return fetch(url, policy, field=field).body
 
 
-def fetch(url: str, policy: FetchPolicy, headers: dict[str, str] | None = None) -> Fetched:
+def fetch(url: str, policy: FetchPolicy, headers: dict[str, str] | None = None, *, field: str = "url") -> Fetched:
     """`url` under `policy`, with extra request `headers` (e.g. If-None-Match: a 304 comes back
-    as such, without a body). Raises ProblemErrors (400/413/502/504) on every failure;
-    UpstreamStatus for an error status."""
+    as such, without a body). Raises ProblemErrors (400/413/502/504) on every failure, a refused
+    address naming the request's `field`; UpstreamStatus for an error status."""
     started = time.monotonic()
     for _ in range(policy.max_redirects + 1):
         remaining = policy.deadline - (time.monotonic() - started)
         if remaining <= 0:
             raise UpstreamTimeout(f"Fetching the image took longer than {policy.deadline:g} s.")
         try:
-            pool, response = _open(url, policy, remaining, headers)
+            pool, response = _open(url, policy, remaining, headers, field)
         except (ConnectTimeoutError, ReadTimeoutError):
             raise UpstreamTimeout(f"The image host did not answer in time ({url}).") from None
         except MaxRetryError as exc:

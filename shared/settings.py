@@ -20,19 +20,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, DirectoryPath, Field, FilePath, ValidationError
 
-ENV_KEY = "env"
-
-
 class SettingsError(ValueError):
     """A setting's value is not allowed; str() is the one line to print."""
 
 
 def setting(default: Any = ..., *, env: str, description: str, **constraints: Any) -> Any:
-    """A field read from the environment variable `env` (also settable by its field name)."""
-    extra = {ENV_KEY: env}
-    if "default_factory" in constraints:
-        return Field(validation_alias=env, description=description, json_schema_extra=extra, **constraints)
-    return Field(default, validation_alias=env, description=description, json_schema_extra=extra, **constraints)
+    """A field read from the environment variable `env` (its alias; also settable by its field name)."""
+    return Field(default, validation_alias=env, description=description, **constraints)
 
 
 def _text_or_none(value: Any) -> Any:
@@ -72,32 +66,22 @@ class Settings(BaseModel):
                               validate_default=True)
 
     @classmethod
-    def sections(cls) -> dict[str, type[Settings]]:
-        """The fields that are sections of their own, by field name."""
-        found = {}
-        for name, info in cls.model_fields.items():
-            kind = info.annotation
-            if isinstance(kind, type) and issubclass(kind, Settings):
-                found[name] = kind
-        return found
-
-    @classmethod
     def variables(cls) -> dict[str, Any]:
         """Every variable this section and its subsections read: {env name: FieldInfo}."""
         found: dict[str, Any] = {}
-        for name, info in cls.model_fields.items():
-            section = cls.sections().get(name)
+        for info in cls.model_fields.values():
+            section = _section(info)
             if section is not None:
                 found.update(section.variables())
-            elif isinstance(info.json_schema_extra, dict) and ENV_KEY in info.json_schema_extra:
-                found[info.json_schema_extra[ENV_KEY]] = info
+            elif isinstance(info.validation_alias, str):
+                found[info.validation_alias] = info
         return found
 
     @classmethod
     def _raw(cls, env: Mapping[str, str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name, info in cls.model_fields.items():
-            section = cls.sections().get(name)
+            section = _section(info)
             if section is not None:
                 values[name] = section._raw(env)
             elif info.validation_alias in env:
@@ -120,6 +104,12 @@ class Settings(BaseModel):
             raise SettingsError(describe_error(cls, exc)) from None
 
 
+def _section(info) -> type[Settings] | None:
+    """The section a field holds, or None for a variable's field."""
+    kind = info.annotation
+    return kind if isinstance(kind, type) and issubclass(kind, Settings) else None
+
+
 def _variable(model: type[Settings], loc: tuple) -> str | None:
     """The environment variable an error's location points at (by field name or by variable)."""
     for part in loc:
@@ -129,8 +119,8 @@ def _variable(model: type[Settings], loc: tuple) -> str | None:
         info = fields.get(part) or next((f for f in fields.values() if f.validation_alias == part), None)
         if info is None:
             return None
-        section = info.annotation
-        if isinstance(section, type) and issubclass(section, Settings):
+        section = _section(info)
+        if section is not None:
             model = section
             continue
         return info.validation_alias if isinstance(info.validation_alias, str) else part

@@ -134,9 +134,9 @@ def stage_timings() -> dict[str, float]:
 
 
 def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: dict,
-                   server: ServerSettings | None = None) -> None:
+                   server: ServerSettings) -> None:
     """Error handlers, request ids, logs, metrics and the ops endpoints, on one app."""
-    metrics = Metrics(service, (server or ServerSettings()).prometheus_dir)
+    metrics = Metrics(service, server.prometheus_dir)
     app.extensions["metrics"] = metrics
     app.extensions["readiness"] = readiness
     app.json.sort_keys = False

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 RECORDED = Path(__file__).with_name("contract_statuses.json")
-_seen: dict[str, list] = {}
 
 
 def _png(size=(64, 80), colour=(220, 30, 30)) -> bytes:

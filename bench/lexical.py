@@ -5,7 +5,8 @@
 
 1. Quality, names only (the sample catalog's 32 folder names; no images, no CLIP): MRR, R@1, R@5
    on the judged queries, all of them and those of kind `name_words`, for
-   - today's share-of-words name match (search.index_format.NameIndex),
+   - the share-of-words name match the service had before BM25 (re-implemented here as the baseline),
+   - search.lexical, the engine that ships (bm25s weights, its own analysis),
    - bm25s (BM25, Lucene variant) with no stemming, the English and the Turkish Snowball stemmer
      (PyStemmer), over text folded as shared.garment_vocabulary.fold does (Turkish I/i, accents),
    - tantivy (Lucene-like, BM25) with its `en_stem` analyser.
@@ -13,7 +14,8 @@
 2. Cost at --products synthetic names (words drawn from the sample's names): index build seconds
    and per-query latency p50/p95, as ratios to today's name match.
 
-Needs `pip install bm25s PyStemmer tantivy` (not in the requirements: nothing ships with them yet).
+bm25s and PyStemmer are pinned in requirements-search.txt (bm25s with Snowball won: search/lexical.py);
+tantivy is not: `pip install tantivy` to run this.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.index_format import NameIndex, StringTable, words  # noqa: E402
+from search.lexical import LexicalIndex  # noqa: E402
 from shared.garment_vocabulary import fold  # noqa: E402
 
 LETTERS = re.compile(r"[^\W\d_]+")
@@ -43,13 +45,26 @@ def analysed(text: str) -> str:
     return " ".join(LETTERS.findall(fold(text.replace("-", " "))))
 
 
+def words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) > 1}
+
+
 class ShareOfWords:
-    name = "share of words (today)"
+    name = "share of words (before)"
 
     def __init__(self, texts: list[str]):
-        arrays = NameIndex.arrays(texts)
-        self.index = NameIndex(StringTable(arrays["name_words.utf8"], arrays["name_words.offsets"]),
-                               arrays["name_postings.offsets"], arrays["name_postings"], len(texts))
+        self.names = [words(t) for t in texts]
+
+    def scores(self, query: str) -> np.ndarray:
+        asked = words(query)
+        return np.array([len(asked & name) / len(asked) if asked else 0.0 for name in self.names], np.float32)
+
+
+class Shipped:
+    name = "search.lexical (ships)"
+
+    def __init__(self, texts: list[str]):
+        self.index = LexicalIndex(LexicalIndex.arrays(texts), len(texts))
 
     def scores(self, query: str) -> np.ndarray:
         return self.index.scores(query)
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         judged = [{"query": r["query"], "kind": r.get("kind", ""),
                    "relevant": {p.strip() for p in r["relevant_products"].split(",") if p.strip()}}
                   for r in csv.DictReader(fh, delimiter="\t")]
-    methods = [ShareOfWords(names), Bm25s(names, None), Bm25s(names, "english"), Bm25s(names, "turkish"),
+    methods = [ShareOfWords(names), Shipped(names), Bm25s(names, None), Bm25s(names, "english"), Bm25s(names, "turkish"),
                Tantivy(names)]
     print(f"quality on {len(judged)} judged queries over {len(names)} product names (names only)")
     print(f"{'method':<26} {'MRR':>6} {'R@1':>6} {'R@5':>6}   {'name_words MRR':>14} {'R@1':>6}")

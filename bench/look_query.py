@@ -103,7 +103,7 @@ def main() -> int:
         del embedder
         tower = OnnxImageEncoder(index_dir / EXPORT_DIRNAME, threads=1)
         index = Index.load(index_dir)
-        searcher = Searcher(index, embedder=None, name_weight=0.3)
+        searcher = Searcher(index, embedder=None)
 
         config = BgConfig.from_env()
         models = load_models(config)

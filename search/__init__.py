@@ -55,7 +55,7 @@ def create_app(config: SearchConfig | None = None, *, embedder=None, garments=No
         app.extensions["photos"] = photos
         app.extensions["garment_vocabulary"] = vocabulary
         store = open_store(config.vectors, index)
-        searcher = Searcher(index, model, store=store, name_weight=config.name_weight,
+        searcher = Searcher(index, model, store=store, fusion=config.fusion,
                             cache_size=config.query_cache_size)
         app.extensions["searcher"] = searcher
         app.extensions["catalog_dir"] = catalog

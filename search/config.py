@@ -78,8 +78,15 @@ class SearchConfig(Settings):
     catalog_dir: OptionalText = setting(None, env="SEARCH_CATALOG_DIR",
                                         description="where `/images/...` are read from (unset: the index's catalog)")
     public_base_url: OptionalText = setting(None, env="PUBLIC_BASE_URL", description="makes result urls absolute")
-    name_weight: float = setting(0.3, env="SEARCH_NAME_WEIGHT", ge=0, le=1,
-                                 description="share of the score from product-name word matching (0 = visual only)")
+    fusion_method: choice("weighted", "rrf") = setting(
+        "weighted", env="SEARCH_FUSION",
+        description="how a text query's BM25 score over the products' text joins the CLIP score: `weighted` (a "
+                    "weighted sum, BM25 over the query's best) or `rrf` (reciprocal rank fusion); see search/searcher.py")
+    lexical_weight: float = setting(0.3, env="SEARCH_LEXICAL_WEIGHT", ge=0, le=1,
+                                    description="the lexical (BM25) share of a text query's score (0 = visual only)")
+    rrf_k: int = setting(60, env="SEARCH_RRF_K", ge=1, le=10000, description="rrf: the rank constant k")
+    rrf_window: int = setting(100, env="SEARCH_RRF_WINDOW", ge=1, le=10000,
+                              description="rrf: the best products of each list that count (at least n)")
     text_encoder: choice(*TEXT_ENCODERS) = setting(
         "auto", env="SEARCH_TEXT_ENCODER",
         description="who encodes queries: `onnx` (the export in SEARCH_TEXT_ENCODER_DIR, no torch needed), `torch` "
@@ -120,6 +127,12 @@ class SearchConfig(Settings):
     @classmethod
     def _absolute(cls, path: str | None) -> str | None:
         return os.path.abspath(path) if path else path
+
+    @property
+    def fusion(self):
+        from search.searcher import Fusion
+
+        return Fusion(self.fusion_method, self.lexical_weight, self.rrf_k, self.rrf_window)
 
     @field_validator("public_base_url")
     @classmethod

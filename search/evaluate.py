@@ -6,7 +6,9 @@
 Runs with whatever weights are configured (CLIP_MODEL / CLIP_PRETRAINED, U2NET_HOME), and encodes
 the queries as the service would: with the index's ONNX export when it has one (search.export), so
 `CLIP_TEXT_PRECISION=int8` measures the int8 graph against the default fp32 before you switch. Besides the
-configured setting it compares poolings and name weights, so defaults are chosen from numbers.
+configured setting it compares poolings and fusions of the CLIP score with BM25 (weighted sums and
+reciprocal rank fusion, by lexical weight; weight 1 = the lexical engine alone), so defaults are
+chosen from numbers. With random CLIP weights (CLIP_PRETRAINED empty) only the lexical part means anything.
 Queries file: TSV with columns query, relevant_products (comma-separated folder names), kind.
 """
 from __future__ import annotations
@@ -25,11 +27,11 @@ from search.index_format import POOLINGS, Index
 from search.indexing.builder import build_index
 from search.indexing.pooling import pool_products
 from search.indexing.report import print_report
-from search.searcher import Searcher
+from search.searcher import FUSIONS, Fusion, Searcher
 from search.text_encoder import export_dir, open_text_encoder
 from shared.settings import exit_on_bad_settings
 
-NAME_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0)
+LEXICAL_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
 
 
 @dataclass
@@ -96,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                                     torch_encoder=embedder)
         index.check_compatible(encoder.identity)
 
-        searcher = Searcher(index, encoder, name_weight=config.name_weight, cache_size=4096)
+        searcher = Searcher(index, encoder, fusion=config.fusion, cache_size=4096)
         rows = evaluate(searcher, queries)
         print(f"\nmodel={config.clip.model} pretrained={config.clip.pretrained or '(random)'} "
-              f"pooling={index.pooling} name_weight={config.name_weight} text_encoder={encoder.describe()}")
+              f"pooling={index.pooling} fusion={config.fusion_method} lexical_weight={config.lexical_weight} "
+              f"text_encoder={encoder.describe()}")
         print(f"{'query':<42} {'kind':<17} {'R@1':>5} {'R@5':>5} {'MRR':>5}  top-1")
         for r in rows:
             print(f"{r['query'][:42]:<42} {r['kind']:<17} {r['R@1']:5.2f} {r['R@5']:5.2f} {r['MRR']:5.2f}  {r['top1']}")
@@ -109,20 +112,22 @@ def main(argv: list[str] | None = None) -> int:
             part = summary([r for r in rows if r["kind"] == kind])
             print(f"  {kind:<58} {part['R@1']:5.3f} {part['R@5']:5.3f} {part['MRR']:5.3f}")
 
-        print("\ncomparison (overall R@1 / R@5 / MRR):")
-        print(f"{'pooling':<10} " + " ".join(f"{'w=' + str(w):>19}" for w in NAME_WEIGHTS))
+        print("\ncomparison (overall R@1 / R@5 / MRR), by lexical weight:")
+        print(f"{'pooling':<10} {'fusion':<9} " + " ".join(f"{'w=' + str(w):>16}" for w in LEXICAL_WEIGHTS))
         for method in POOLINGS:
             variant = repooled(index, method)
-            cells = []
-            for w in NAME_WEIGHTS:
-                s = summary(evaluate(replace_searcher(searcher, variant, w), queries))
-                cells.append(f"{s['R@1']:.2f}/{s['R@5']:.2f}/{s['MRR']:.2f}".rjust(19))
-            print(f"{method:<10} " + " ".join(cells))
+            for fusion in FUSIONS:
+                cells = []
+                for w in LEXICAL_WEIGHTS:
+                    s = summary(evaluate(replace_searcher(searcher, variant, Fusion(fusion, w, config.rrf_k,
+                                                                                    config.rrf_window)), queries))
+                    cells.append(f"{s['R@1']:.2f}/{s['R@5']:.2f}/{s['MRR']:.3f}".rjust(16))
+                print(f"{method:<10} {fusion:<9} " + " ".join(cells))
     return 0
 
 
-def replace_searcher(base: Searcher, index: Index, name_weight: float) -> Searcher:
-    searcher = Searcher(index, base.embedder, name_weight=name_weight, cache_size=0)
+def replace_searcher(base: Searcher, index: Index, fusion: Fusion) -> Searcher:
+    searcher = Searcher(index, base.embedder, fusion=fusion, cache_size=0)
     searcher.cache = base.cache  # same queries, same embeddings: share them
     return searcher
 

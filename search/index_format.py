@@ -5,14 +5,20 @@ writes it.
 
 Layout of an index folder:
 
-    meta.json        small: identities, pooling, counts, catalog, skipped images; names the generation
+    meta.json        small: identities, pooling, counts, catalog (kind: folders or feed), the
+                     filterable fields, the lexical analysis, skipped images; names the generation
     gen-<id>/        the arrays of one build, all .npy (memory-mappable):
         image_embeddings.npy     [images, dim] float32, normalised, rows grouped by product
         product_embeddings.npy   [products, dim] float32, one pooled row per product
         product_starts.npy       [products + 1] int64, first image row of each product (+ total)
-        product_names.*.npy      product names (= folder names), sorted, as UTF-8 + offsets
-        image_files.*.npy        each image row's file name inside its product folder
-        name_words.*.npy, name_postings*.npy   product-name words -> products (for the name score)
+        product_ids.*.npy        product keys, sorted, as UTF-8 + offsets: a feed's ids, a folder
+                                 catalog's folder names; products are in this order
+        product_names.*.npy      each product's display name (product_name of results)
+        product_records.*.npy    each product's record as the feed gave it (JSON), for /products/<id>
+        image_files.*.npy        each image row's file: inside its product folder (folders), or the
+                                 feed's URL, or a path relative to the feed's folder (feeds)
+        lexical.*.npy            the BM25 index over the products' text (search/lexical.py)
+        attr.<i>.*.npy           the filterable fields' columns (search/filters.py)
         image_sha256.npy, image_sources.npy, thumbs.npy   only the builder reads these (--update,
                                                           duplicate report); serving never maps them
         product_classes.npy        [products] uint8, bit i = GARMENT_CLASSES[i] kept in its masks
@@ -33,27 +39,29 @@ only for the results of a query).
 """
 from __future__ import annotations
 
-import bisect
 import json
 import mmap
 import os
-import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from search.filters import PREFIX as ATTRIBUTE_PREFIX
+from search.filters import AttributeColumns
+from search.lexical import LexicalIndex
+from search.string_table import StringTable
 from shared.garment_vocabulary import GARMENT_CLASSES, GarmentChoice
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: product ids, records, filterable fields, BM25 (replacing the name words)
 POOLINGS = ("max", "mean", "score-max")
 SOURCES = ("garment", "product")  # which branch of the bg pipeline made an image's mask
 CLASS_SOURCES = ("all", "product")  # where a product's garment classes came from (GarmentChoice.source)
-WORD = re.compile(r"[^\W\d_]+")  # letters only: drops the numeric prefix and id of folder names
+CATALOG_KINDS = ("folders", "feed")
 FINITE_CHECK_ROWS = 65536  # rows per block when checking for NaN/inf: bounded temporary memory
 EDGE_CHECK_ROWS = 1024  # image rows checked at each end of the matrix at load
 PROBE_MIN_COSINE = 0.999
@@ -63,95 +71,12 @@ class IndexLoadError(Exception):
     """The index is missing, corrupt or built with another model (message says which)."""
 
 
-def words(text: str) -> set[str]:
-    return {w for w in WORD.findall(text.lower()) if len(w) > 1}
-
-
-class StringTable(Sequence):
-    """Strings stored as one UTF-8 byte array plus offsets: memory-mappable, no Python object per
-    entry. `find` is a binary search and needs the strings sorted (the builder sorts them)."""
-
-    def __init__(self, blob: np.ndarray, offsets: np.ndarray):
-        self.blob, self.offsets = blob, offsets
-
-    @staticmethod
-    def arrays(strings: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-        encoded = [s.encode("utf-8") for s in strings]
-        offsets = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum([len(b) for b in encoded], out=offsets[1:])
-        blob = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
-        return blob, offsets
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return bytes(self.blob[self.offsets[i]:self.offsets[i + 1]]).decode("utf-8")
-
-    def find(self, value: str) -> int | None:
-        """Row of `value` in a sorted table, or None."""
-        row = bisect.bisect_left(range(len(self)), value, key=self.__getitem__)
-        return row if row < len(self) and self[row] == value else None
-
-    def __contains__(self, value) -> bool:
-        return isinstance(value, str) and self.find(value) is not None
-
-
-class NameIndex:
-    """Which products have each word in their name: sorted words, CSR postings."""
-
-    def __init__(self, vocabulary: StringTable, offsets: np.ndarray, products: np.ndarray, n_products: int):
-        self.vocabulary, self.offsets, self.products, self.n_products = vocabulary, offsets, products, n_products
-
-    @staticmethod
-    def arrays(names: Sequence[str]) -> dict[str, np.ndarray]:
-        postings: dict[str, list[int]] = {}
-        for row, name in enumerate(names):
-            for word in words(name):
-                postings.setdefault(word, []).append(row)
-        vocabulary = sorted(postings)
-        offsets = np.zeros(len(vocabulary) + 1, np.int64)
-        np.cumsum([len(postings[w]) for w in vocabulary], out=offsets[1:])
-        flat = [row for w in vocabulary for row in postings[w]]
-        blob, word_offsets = StringTable.arrays(vocabulary)
-        return {"name_words.utf8": blob, "name_words.offsets": word_offsets,
-                "name_postings.offsets": offsets, "name_postings": np.asarray(flat, np.int32)}
-
-    def _postings(self, query: list[str]) -> list[np.ndarray]:
-        """For each query word the index knows, the rows of the products whose names hold it."""
-        return [self.products[self.offsets[row]:self.offsets[row + 1]]
-                for row in (self.vocabulary.find(word) for word in query) if row is not None]
-
-    def matches(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Only the products whose names hold at least one of the query's words: their rows
-        (sorted) and name scores. Sparse, so an approximate backend never needs all products."""
-        query = words(text)
-        postings = self._postings(query)
-        if not postings:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        rows, counts = np.unique(np.concatenate(postings), return_counts=True)
-        return rows.astype(np.int64), (counts / len(query)).astype(np.float32)
-
-    def scores(self, text: str) -> np.ndarray:
-        """Share of the query's words that appear in each product's name (0..1), float32."""
-        query = words(text)
-        counts = np.zeros(self.n_products, np.float32)
-        for rows in self._postings(query):
-            counts[rows] += 1.0
-        return counts / len(query) if query else counts
-
-
 # --------------------------------------------------------------------------- loading
 
-SERVING_ARRAYS = ("image_embeddings", "product_embeddings", "product_starts", "product_names.utf8",
-                  "product_names.offsets", "image_files.utf8", "image_files.offsets", "name_words.utf8",
-                  "name_words.offsets", "name_postings.offsets", "name_postings")
+SERVING_ARRAYS = ("image_embeddings", "product_embeddings", "product_starts", "product_ids.utf8",
+                  "product_ids.offsets", "product_names.utf8", "product_names.offsets", "product_records.utf8",
+                  "product_records.offsets", "image_files.utf8", "image_files.offsets")
+OPTIONAL_PREFIXES = (LexicalIndex.PREFIX, ATTRIBUTE_PREFIX)  # every such .npy file of the generation is mapped
 BUILDER_ARRAYS = ("image_sha256", "image_sources", "thumbs")
 GARMENT_ARRAYS = ("product_classes", "product_class_sources", "product_garments.utf8", "product_garments.offsets",
                   "image_fallbacks")  # optional: older indexes kept all classes
@@ -187,11 +112,26 @@ class Index:
     image_embeddings: np.ndarray  # [images, dim], memory-mapped, grouped by product
     product_embeddings: np.ndarray  # [products, dim], memory-mapped
     product_starts: np.ndarray  # [products + 1]
-    products: StringTable  # product names, sorted
-    image_files: StringTable  # file name of each image row
-    names: NameIndex
+    products: StringTable  # product keys (a feed's ids, a folder catalog's folder names), sorted
+    image_files: StringTable  # each image row's file (see the layout above)
+    product_names: StringTable  # display names, in product order
+    records: StringTable  # each product's record as JSON, in product order
+    lexical: LexicalIndex  # BM25 over the products' text
+    attributes: AttributeColumns  # the filterable fields
     builder: dict | None = None  # image_sha256, image_sources, thumbs: only when loaded for building
     garment_arrays: dict | None = None  # GARMENT_ARRAYS, None for an index built before them
+
+    @property
+    def catalog_kind(self) -> str:
+        return self.meta.get("catalog_kind", "folders")
+
+    def product_name(self, product: int) -> str:
+        return self.product_names[product]
+
+    def product_record(self, product: int) -> dict:
+        """The product's record: id, name, and what the feed gave (description, category, brand,
+        url, attributes)."""
+        return json.loads(self.records[product])
 
     @property
     def pooling(self) -> str:
@@ -236,13 +176,17 @@ class Index:
         return range(int(self.product_starts[product]), int(self.product_starts[product + 1]))
 
     def image_relpath(self, row: int, product: int | None = None) -> str:
+        """Where the image row's file is, relative to the catalog folder (folders) or the feed's
+        folder; for a feed's URL image, the URL."""
+        if self.catalog_kind == "feed":
+            return self.image_files[row]
         if product is None:
             product = int(np.searchsorted(self.product_starts, row, side="right")) - 1
         return f"{self.products[product]}/{self.image_files[row]}"
 
-    def find_image(self, product_name: str, file: str) -> int | None:
+    def find_image(self, product_key: str, file: str) -> int | None:
         """Row of that image if the index lists it (the only files /images/ may serve)."""
-        product = self.products.find(product_name)
+        product = self.products.find(product_key)
         if product is None:
             return None
         return next((row for row in self.image_rows(product) if self.image_files[row] == file), None)
@@ -299,7 +243,9 @@ class Index:
             raise IndexLoadError(f"index at {directory} is missing its arrays folder {generation.name!r}")
         arrays = {}
         has_garments = (generation / "product_classes.npy").is_file()
-        for name in SERVING_ARRAYS + (BUILDER_ARRAYS if for_building else ()) + (GARMENT_ARRAYS if has_garments else ()):
+        optional = sorted(p.name[:-4] for p in generation.glob("*.npy") if p.name.startswith(OPTIONAL_PREFIXES))
+        for name in (SERVING_ARRAYS + (BUILDER_ARRAYS if for_building else ()) + (GARMENT_ARRAYS if has_garments else ())
+                     + tuple(optional)):
             path = generation / f"{name}.npy"
             if not path.is_file():
                 raise IndexLoadError(f"index at {directory} is missing {generation.name}/{path.name}")
@@ -323,7 +269,9 @@ class Index:
             and images.dtype == products.dtype == np.float32
             and starts.shape == (n_products + 1,) and starts[0] == 0 and starts[-1] == n_images
             and bool((np.diff(starts) > 0).all()) and meta["pooling"] in POOLINGS
-            and len(a["product_names.offsets"]) == n_products + 1 and len(a["image_files.offsets"]) == n_images + 1
+            and len(a["product_names.offsets"]) == len(a["product_ids.offsets"]) == n_products + 1
+            and len(a["product_records.offsets"]) == n_products + 1 and len(a["image_files.offsets"]) == n_images + 1
+            and meta.get("catalog_kind", "folders") in CATALOG_KINDS
         )
         if for_building:
             ok = ok and a["thumbs"].shape[0] == n_images and a["image_sha256"].shape == (n_images, 32) \
@@ -348,24 +296,35 @@ class Index:
         # Image rows are read a few at a time (the best image of each result): on a cold page
         # cache, read the rows a query needs instead of a readahead window around each.
         _advise(images, getattr(mmap, "MADV_RANDOM", 0))
-        names = NameIndex(StringTable(a["name_words.utf8"], a["name_words.offsets"]),
-                          a["name_postings.offsets"], a["name_postings"], n_products)
+        lexical = LexicalIndex({k: v for k, v in a.items() if k.startswith(LexicalIndex.PREFIX)}, n_products,
+                               meta.get("lexical", {}).get("language", "english"))
+        attributes = AttributeColumns(meta.get("attributes", []),
+                                      {k: v for k, v in a.items() if k.startswith(ATTRIBUTE_PREFIX)}, n_products)
         builder = {k: a[k] for k in BUILDER_ARRAYS} if for_building else None
         return cls(directory, meta, images, products, starts,
+                   StringTable(a["product_ids.utf8"], a["product_ids.offsets"]),
+                   StringTable(a["image_files.utf8"], a["image_files.offsets"]),
                    StringTable(a["product_names.utf8"], a["product_names.offsets"]),
-                   StringTable(a["image_files.utf8"], a["image_files.offsets"]), names, builder, garments)
+                   StringTable(a["product_records.utf8"], a["product_records.offsets"]),
+                   lexical, attributes, builder, garments)
 
     def missing_images(self, catalog: Path, limit: int = 5) -> tuple[int, list[str]]:
-        """How many of the index's images are not files under `catalog`, and the first few."""
+        """How many of the index's local images are not files under `catalog` (the catalog folder,
+        or a feed's folder), and the first few. A feed's URL images are not looked for."""
         missing, examples = 0, []
         for product in range(len(self.products)):
-            folder = catalog / self.products[product]
             for row in self.image_rows(product):
-                if not os.path.isfile(folder / self.image_files[row]):
+                relpath = self.image_relpath(row, product)
+                if not is_remote(relpath) and not os.path.isfile(catalog / relpath):
                     missing += 1
                     if len(examples) < limit:
-                        examples.append(f"{self.products[product]}/{self.image_files[row]}")
+                        examples.append(relpath)
         return missing, examples
+
+
+def is_remote(file: str) -> bool:
+    """Whether an image file entry is a feed's URL (not a file of the catalog)."""
+    return file.startswith(("http://", "https://"))
 
 
 # --------------------------------------------------------------------------- writing
@@ -378,13 +337,34 @@ class IndexArrays:
     image_embeddings: np.ndarray
     product_embeddings: np.ndarray
     counts: Sequence[int]
-    product_names: Sequence[str]
+    product_names: Sequence[str]  # the product keys, sorted: folder names, or a feed's ids (with product_records)
     image_files: Sequence[str]
     image_sha256: Sequence[str]  # hex digests
     image_sources: Sequence[str]  # SOURCES
     thumbs: np.ndarray
     product_garments: Sequence[GarmentChoice] | None = None  # None: every product kept all classes
     image_fallbacks: Sequence[bool] | None = None
+    # A feed's products: each one's record ({"id", "name", "description", "category", "brand",
+    # "url", "attributes"}), in product order; then product_names are the ids (sorted) and the
+    # records' names are shown. None: a folder catalog (key = name = folder).
+    product_records: Sequence[dict] | None = None
+    attribute_types: Mapping[str, str] | None = None  # the filterable fields and their types
+    lexical_language: str = "english"
+
+
+RECORD_FIELDS = ("description", "category", "brand", "url")  # a feed's optional fields (results' `fields` may name them)
+FILTERABLE_TEXT = ("category", "brand")  # a feed's text fields that filters can name too
+LEXICAL_FIELDS = ("name", "category", "brand", "description")  # what BM25 reads of a product
+
+
+def product_text(record: Mapping) -> str:
+    """The text the lexical engine indexes for a product."""
+    return " ".join(str(record[f]) for f in LEXICAL_FIELDS if record.get(f))
+
+
+def filterable_values(record: Mapping) -> dict:
+    """A record's values of the filterable fields: its attributes, category and brand."""
+    return {**record.get("attributes", {}), **{f: record[f] for f in FILTERABLE_TEXT if record.get(f)}}
 
 
 def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations: int = 2,
@@ -392,9 +372,13 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
     """Write a new generation, then switch meta.json to it atomically; returns the meta written.
     `extra(folder)` may add files to the generation before the switch (the approximate index)
     and returns entries for meta.json."""
-    names = list(content.product_names)
-    if names != sorted(names) or len(set(names)) != len(names):
-        raise ValueError("product names must be unique and sorted")
+    keys = list(content.product_names)
+    if keys != sorted(keys) or len(set(keys)) != len(keys):
+        raise ValueError("product keys (names, or a feed's ids) must be unique and sorted")
+    records = list(content.product_records or ({"id": key, "name": key, "attributes": {}} for key in keys))
+    if [r["id"] for r in records] != keys:
+        raise ValueError("product records must be in product order")
+    names = [r["name"] for r in records]
     out.mkdir(parents=True, exist_ok=True)
     generation = new_generation_name()
     folder = out / generation
@@ -407,13 +391,16 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
         "image_sha256": np.frombuffer(b"".join(bytes.fromhex(h) for h in content.image_sha256),
                                       np.uint8).reshape(-1, 32),
         "image_sources": np.array([SOURCES.index(s) for s in content.image_sources], np.uint8),
-        **NameIndex.arrays(names),
+        **LexicalIndex.arrays([product_text(r) for r in records], content.lexical_language),
     }
+    fields, columns = AttributeColumns.arrays(content.attribute_types or {}, [filterable_values(r) for r in records])
+    arrays.update(columns)
     choices = content.product_garments or [GarmentChoice(GARMENT_CLASSES, "all")] * len(names)
     arrays["product_classes"] = np.array([class_bits(c.classes) for c in choices], np.uint8)
     arrays["product_class_sources"] = np.array([CLASS_SOURCES.index(c.source) for c in choices], np.uint8)
     arrays["image_fallbacks"] = np.array(content.image_fallbacks or [False] * int(starts[-1]), np.uint8)
-    for prefix, strings in (("product_names", names), ("image_files", content.image_files),
+    for prefix, strings in (("product_ids", keys), ("product_names", names), ("image_files", content.image_files),
+                            ("product_records", [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records]),
                             ("product_garments", [c.garment or "" for c in choices])):
         arrays[f"{prefix}.utf8"], arrays[f"{prefix}.offsets"] = StringTable.arrays(strings)
     for name, array in arrays.items():
@@ -421,7 +408,9 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
-    meta = {"format_version": FORMAT_VERSION, "generation": generation, **meta,
+    meta = {"format_version": FORMAT_VERSION, "generation": generation,
+            "catalog_kind": "feed" if content.product_records is not None else "folders", **meta,
+            "attributes": fields, "lexical": {"language": content.lexical_language},
             "products": len(names), "images": int(starts[-1]), **(extra(folder) if extra else {})}
     write_meta(out, meta)  # the switch: one atomic rename
     _drop_old_generations(out, keep_generations)

@@ -109,7 +109,7 @@ def search_app(index_dir, embedder, garments, **settings):
     from search import create_app
 
     app = create_app(SearchConfig(clip=ClipSettings(**{"model": "colour-histogram", "pretrained": ""}),
-                                  index_dir=str(index_dir), name_weight=0.0, **settings),
+                                  index_dir=str(index_dir), lexical_weight=0.0, **settings),
                      embedder=embedder, garments=garments)
     assert app.extensions["readiness"].ready, app.extensions["readiness"].error
     return app

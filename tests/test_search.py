@@ -12,7 +12,6 @@ from search.config import ClipSettings, SearchConfig
 from search.index_format import Index, IndexLoadError
 from search.indexing.builder import build_index
 from search.indexing.pooling import pool
-from search.searcher import words
 from tests.conftest import (
     PRODUCT_COLOURS,
     TINY,
@@ -80,11 +79,6 @@ def test_query_precision_stays_close_to_fp32(tiny_embedder):
     served = tiny_embedder.encode_texts(texts)
     reference = tiny_embedder.encode_texts_full(texts)
     assert (served * reference).sum(axis=1).min() >= 0.999
-
-
-def test_name_words_drop_ids_and_prefixes():
-    assert words("1-black-traverse-point-collar-cotton-tunic-sahra-butik-8271559") >= {"black", "tunic", "collar"}
-    assert "8271559" not in words("x-8271559")
 
 
 # ------------------------------------------------------------------ index build / load
@@ -178,7 +172,7 @@ def test_results_contract(client):
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     for r in results:
-        assert set(r) == {"product_name", "url", "score"}
+        assert set(r) == {"product_name", "url", "score", "id"}
         assert isinstance(r["product_name"], str) and isinstance(r["score"], float)
         assert -1.0 <= r["score"] <= 1.0
         assert client.get(r["url"]).status_code == 200
@@ -195,7 +189,7 @@ def test_integral_float_n_is_an_integer(client):
     assert len(client.post("/", json={"text": "dress", "n": 3.0}).json) == 3
 
 
-def test_name_words_lift_matching_products(client):
+def test_text_matches_lift_matching_products(client):
     results = client.post("/", json={"text": "yellow dress", "n": 3}).json
     assert results[0]["product_name"] == "3-yellow-dress-shop-333"
 
@@ -343,13 +337,17 @@ def test_a_catalog_lacking_the_index_images_fails_readiness(synthetic_index, syn
     assert "lacks 1 of" in ready.json["detail"] and "3-yellow-dress-shop-333/photo-0.jpg" in ready.json["detail"]
 
 
-def test_name_index_scores_match_word_overlap(synthetic_index):
+def test_the_lexical_index_covers_the_product_names(synthetic_index):
+    from search.lexical import LexicalIndex
+
     index = Index.load(synthetic_index)
-    text = "Red top, dark blouse!"
-    query = words(text)
-    by_hand = np.array([len(query & words(name)) / len(query) for name in index.products], np.float32)
-    assert np.array_equal(index.names.scores(text), by_hand)
-    assert not index.names.scores("12345 !!").any()
+    fresh = LexicalIndex(LexicalIndex.arrays([index.product_name(p) for p in range(len(index.products))]),
+                         len(index.products))
+    for text in ("Red top, dark blouse!", "yellow dress", "12345 !!"):
+        assert np.array_equal(index.lexical.scores(text), fresh.scores(text))
+    rows, scores = index.lexical.matches("yellow dress")
+    assert index.products[int(rows[np.argmax(scores)])] == "3-yellow-dress-shop-333"
+    assert not index.lexical.scores("12345 !!").any()
     assert index.products.find("3-yellow-dress-shop-333") == 2 and index.products.find("nope") is None
 
 
@@ -374,7 +372,7 @@ def test_every_backend_answers_like_exact(search_app, synthetic_index, tiny_embe
         from search.embedder import ClipEmbedder
 
         reference = ClipEmbedder(ClipSettings(**TINY, text_precision="fp32"))
-    exact = Searcher(Index.load(synthetic_index), reference, name_weight=served.name_weight)
+    exact = Searcher(Index.load(synthetic_index), reference, fusion=served.fusion)
     for text in ("red top", "pastel coloured tunic", "navy skirt", "dress"):
         for n in (1, 3, 100):
             assert served.search(text, n) == exact.search(text, n) or all(

@@ -9,7 +9,7 @@ import pytest
 
 from search.config import BackendSettings
 from search.index_format import Index, IndexArrays, write_index
-from search.searcher import Searcher
+from search.searcher import Fusion, Searcher
 from search.vectors import Hits, VectorStore, VectorStoreError
 from search.vectors.exact import ExactStore
 from shared.settings import SettingsError
@@ -45,8 +45,8 @@ class NoFullScores(VectorStore):
     def __init__(self, exact: ExactStore):
         self.exact = exact
 
-    def top(self, query, k):
-        return self.exact.top(query, k)
+    def top(self, query, k, product_filter=None):
+        return self.exact.top(query, k, product_filter)
 
     def top_among(self, query, rows, k):
         return self.exact.top_among(query, rows, k)
@@ -63,20 +63,20 @@ def queries(index: Index, count: int, seed: int = 1) -> np.ndarray:
 
 
 @pytest.mark.parametrize("pooling", ["max", "score-max"])
-@pytest.mark.parametrize("cheap_level", [4096, 30])
-def test_hybrid_candidates_give_the_same_ranking_as_blending_every_product(tmp_path, pooling, cheap_level,
-                                                                             monkeypatch):
-    """Cheap levels are always asked about; with a small CHEAP_LEVEL most levels are common ones,
-    asked about only when the visual pool's bound says a product of theirs could still enter."""
-    monkeypatch.setattr("search.searcher.CHEAP_LEVEL", cheap_level)
+@pytest.mark.parametrize("lexical_first", [4096, 30])
+def test_hybrid_candidates_give_the_same_ranking_as_fusing_every_product(tmp_path, pooling, lexical_first,
+                                                                           monkeypatch):
+    """An approximate backend is asked for the visual scores of the best lexical matches, more of
+    them (doubling) until the bound says no other match could still enter: with a small first
+    batch most queries go through that bound, and the answer is still the exact fusion."""
+    monkeypatch.setattr("search.searcher.LEXICAL_FIRST", lexical_first)
     index = synthetic(tmp_path / "idx", pooling=pooling)
     texts = ["black linen tunic", "red dress", "long sleeve navy shirt", "floral", "nothing matches", "black black"]
     for w in (0.0, 0.3, 0.7, 1.0):
-        full = Searcher(index, None, store=ExactStore(index), name_weight=w)
+        full = Searcher(index, None, store=ExactStore(index), fusion=Fusion(weight=w))
         store = NoFullScores(ExactStore(index))
-        store.among_limit = 10**9  # a backend that answers any set of products (flat, IVF)
         store.blend_pool = 40 if w < 0.5 else 0
-        candidates = Searcher(index, None, store=store, name_weight=w)
+        candidates = Searcher(index, None, store=store, fusion=Fusion(weight=w))
         for i, query in enumerate(queries(index, 30)):
             text = texts[i % len(texts)]
             for n in (1, 5, 100):
@@ -85,14 +85,15 @@ def test_hybrid_candidates_give_the_same_ranking_as_blending_every_product(tmp_p
                 assert np.allclose(expected.scores, got.scores, atol=1e-6)
 
 
-def test_common_words_are_blended_from_a_wider_visual_pool(tmp_path):
-    """Levels larger than the backend's among_limit are not asked about product by product: the
-    blend then comes from the visual pool, and stays close to the exact blend."""
+def test_common_words_are_fused_from_a_wider_visual_pool(tmp_path, monkeypatch):
+    """Past LEXICAL_LIMIT lexical matches an approximate backend is not asked about more: the
+    fusion then comes from the visual pool and the best matches, and stays close to the exact one."""
+    monkeypatch.setattr("search.searcher.LEXICAL_FIRST", 50)
+    monkeypatch.setattr("search.searcher.LEXICAL_LIMIT", 100)  # every word names thousands of products here
     index = synthetic(tmp_path / "idx", products=20000)
     store = NoFullScores(ExactStore(index))
-    store.among_limit = 100  # every word of the vocabulary names thousands of products here
-    full = Searcher(index, None, store=ExactStore(index), name_weight=0.3)
-    pooled = Searcher(index, None, store=store, name_weight=0.3)
+    full = Searcher(index, None, store=ExactStore(index), fusion=Fusion(weight=0.3))
+    pooled = Searcher(index, None, store=store, fusion=Fusion(weight=0.3))
     texts = ["black linen tunic", "red dress", "long sleeve navy shirt", "floral", "cotton"]
     recall = [len(set(full.rank(q, texts[i % 5], 10).rows) & set(pooled.rank(q, texts[i % 5], 10).rows)) / 10
               for i, q in enumerate(queries(index, 50))]
@@ -141,19 +142,18 @@ def test_faiss_answers_large_name_levels_by_a_filtered_search(tmp_path, pooling,
     from search.vectors.faiss_ann import FaissStore
 
     monkeypatch.setattr("search.vectors.faiss_ann.GATHER_LIMIT", 50)
-    monkeypatch.setattr("search.searcher.CHEAP_LEVEL", 50)
+    monkeypatch.setattr("search.searcher.LEXICAL_FIRST", 50)
     synthetic(tmp_path / "idx", products=6000, pooling=pooling)
     build_ann(tmp_path / "idx", "ivf-flat", {"nlist": 16}, progress=False)
     index = Index.load(tmp_path / "idx")
     store = FaissStore.open(index, BackendSettings(backend="faiss", faiss_nprobe=16))
-    assert store.among_limit > len(index.products)
     rng = np.random.default_rng(3)
     for query in queries(index, 10):
         rows = np.sort(rng.choice(len(index.products), 900, replace=False))
         got, want = store.top_among(query, rows, 10), ExactStore(index).top_among(query, rows, 10)
         assert got.rows.tolist() == want.rows.tolist()
-    full = Searcher(index, None, store=ExactStore(index), name_weight=0.3)
-    blended = Searcher(index, None, store=store, name_weight=0.3)
+    full = Searcher(index, None, store=ExactStore(index), fusion=Fusion(weight=0.3))
+    blended = Searcher(index, None, store=store, fusion=Fusion(weight=0.3))
     for i, query in enumerate(queries(index, 20)):
         text = ["black linen tunic", "red dress", "floral"][i % 3]
         assert blended.rank(query, text, 10).rows.tolist() == full.rank(query, text, 10).rows.tolist()
@@ -190,12 +190,12 @@ def test_exact_float16_ranks_as_float32_and_returns_true_cosines(tmp_path, pooli
     store, exact = open_store(BackendSettings(exact_dtype="float16"), index), ExactStore(index)
     assert store.describe() == {"backend": "exact", "pooling": pooling, "dtype": "float16", "memory_mapped": True}
     texts = ["black linen tunic", "red dress", "floral", "long sleeve navy shirt"]
-    monkeypatch.setattr("search.searcher.CHEAP_LEVEL", 50)  # most levels go through the pool's bound
+    monkeypatch.setattr("search.searcher.LEXICAL_FIRST", 50)  # most queries go through the pool's bound
     for gather in (4096, 50):  # name levels read from float32 rows, or found by a filtered float16 scan
         monkeypatch.setattr("search.vectors.faiss_ann.GATHER_LIMIT", gather)
         for w in (0.0, 0.3, 0.8):
-            half = Searcher(index, None, store=store, name_weight=w)
-            full = Searcher(index, None, store=exact, name_weight=w)
+            half = Searcher(index, None, store=store, fusion=Fusion(weight=w))
+            full = Searcher(index, None, store=exact, fusion=Fusion(weight=w))
             for i, query in enumerate(queries(index, 30)):
                 got, want = half.rank(query, texts[i % 4], 10), full.rank(query, texts[i % 4], 10)
                 assert got.rows.tolist() == want.rows.tolist(), (gather, w, i)

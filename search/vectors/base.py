@@ -9,6 +9,8 @@ from enum import Enum
 
 import numpy as np
 
+from search.filters import ProductFilter
+
 BACKENDS = ("exact", "faiss", "milvus")
 
 
@@ -50,20 +52,19 @@ class VectorStore(ABC):
     backend: str = ""
     # What this store can do beyond the abstract methods (none unless a store declares them).
     capabilities: frozenset[Capability] = frozenset()
-    # The largest set of products `top_among` answers; the searcher's name blend asks about
-    # larger sets only where it can (see Searcher.rank).
-    among_limit: int = 4096
-    # Visual candidates the name blend starts from when a query's words name many products: its
-    # products outside them come from `top_among` where the pool's bound allows, or not at all.
+    # Visual candidates the lexical fusion starts from when a query's words match many products
+    # (see Searcher.rank): a wider pool lowers the bound on the matches not yet asked about.
     blend_pool: int = 512
 
     @abstractmethod
-    def top(self, query: np.ndarray, k: int) -> Hits:
-        """The k products with the highest visual score for a normalised query vector."""
+    def top(self, query: np.ndarray, k: int, product_filter: ProductFilter | None = None) -> Hits:
+        """The k products with the highest visual score for a normalised query vector; with a
+        filter, the k best of the products that pass it (all of them when fewer pass), never fewer
+        because an approximate search found too few of them."""
 
     @abstractmethod
     def top_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
-        """The same, among the given product rows only (the products a query's words name)."""
+        """The same, among the given product rows only (a query's lexical matches, a filter's products)."""
 
     @abstractmethod
     def best_images(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:

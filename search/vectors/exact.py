@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from search.filters import ProductFilter
 from search.index_format import Index
 from search.vectors.base import Capability, Hits, VectorStore
 
 CHUNK_ROWS = 16384  # rows scored at a time when only some products count: bounded temporaries
+# A filter passing under 1/GATHER_SHARE of the products is scored from its rows alone: a gathered
+# row costs a few sequential ones (measured in bench/scale.py), so this stays under a full scan.
+GATHER_SHARE = 4
 
 
 class ExactStore(VectorStore):
@@ -42,9 +46,14 @@ class ExactStore(VectorStore):
             out[first:first + len(chunk)] = np.maximum.reduceat(images[image_rows] @ query, offsets)
         return out
 
-    def top(self, query: np.ndarray, k: int) -> Hits:
-        scores = self.scores(query)
-        return Hits.best(np.arange(len(scores)), scores, k)
+    def top(self, query: np.ndarray, k: int, product_filter: ProductFilter | None = None) -> Hits:
+        if product_filter is None:
+            scores = self.scores(query)
+            return Hits.best(np.arange(len(scores)), scores, k)
+        rows = product_filter.rows
+        if len(rows) * GATHER_SHARE < len(self.index.products):  # a selective filter: score only its rows
+            return self.top_among(query, rows, k)
+        return Hits.best(rows, self.scores(query)[rows], k)  # a row mask over the one full scan
 
     def top_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
         return Hits.best(rows, self.scores_of(query, rows), k)

@@ -23,11 +23,13 @@ import sys
 
 import numpy as np
 
+from search.filters import ProductFilter
 from search.index_format import Index
 from search.vectors.base import Hits, VectorStore, VectorStoreError
 from search.vectors.exact import ExactStore
 
 GATHER_LIMIT = 4096  # a set of products this small is scored from its float32 rows, not searched
+HNSW_MAX_EF = 4096  # the widest filtered HNSW walk (then the exact fallback of top_among)
 
 
 def faiss_module():
@@ -112,8 +114,10 @@ class FaissStore(VectorStore):
             found = np.searchsorted(self.index.product_starts, found, side="right") - 1
         return np.unique(found)
 
-    def top(self, query: np.ndarray, k: int) -> Hits:
-        return self.exact.top_among(query, self.candidates(query, k), k)
+    def top(self, query: np.ndarray, k: int, product_filter: ProductFilter | None = None) -> Hits:
+        if product_filter is None:
+            return self.exact.top_among(query, self.candidates(query, k), k)
+        return self.top_among(query, product_filter.rows, k)
 
     def candidates_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
         """The candidates among some product rows only: FAISS skips every other vector (a bitmap
@@ -125,16 +129,22 @@ class FaissStore(VectorStore):
             starts = self.index.product_starts
             mask = np.repeat(mask, np.diff(starts))
         bits = np.packbits(mask, bitorder="little")  # FAISS reads bit i of byte i >> 3, lowest first
-        wanted = min(int(mask.sum()), max(k * self.oversample, k + 16) * self.hits_per_product)
+        selected = int(mask.sum())
+        wanted = min(selected, max(k * self.oversample, k + 16) * self.hits_per_product)
         selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))  # `bits` outlives the search
-        return self._product_rows(query, wanted, self.search_params(selector))
-
-    @property
-    def among_limit(self) -> int:
-        # Flat and IVF scans filter cheaply (a bitmap selector), so any set of products can be
-        # asked about; an HNSW walk filtered to a small share of the graph finds few of them, so
-        # there the searcher blends the products of common words from a visual pool instead.
-        return GATHER_LIMIT if self.entry["kind"] == "hnsw" else sys.maxsize
+        params = self.search_params(selector)
+        share = max(selected, 1) / len(mask)
+        if self.entry["kind"] == "hnsw":
+            # A walk meets selected vectors at their share of the graph: widen it by that share
+            # (bounded), so a selective filter still reaches `wanted` of them.
+            params.efSearch = int(min(HNSW_MAX_EF, max(self.ef_search, wanted) / share))
+        elif self.entry["kind"].startswith("ivf"):
+            # The lists nearest the query hold the selected vectors at their share: probe more
+            # lists by that share (a 1 % filter probes them all: the scan skips unselected codes
+            # before computing any distance, so it costs about one unfiltered search).
+            nlist = faiss.extract_index_ivf(self.ann).nlist
+            params.nprobe = int(min(nlist, max(self.nprobe, np.ceil(self.nprobe / share))))
+        return self._product_rows(query, wanted, params)
 
     @property
     def blend_pool(self) -> int:
@@ -143,9 +153,15 @@ class FaissStore(VectorStore):
         return 0 if self.entry["kind"].startswith("ivf") else VectorStore.blend_pool
 
     def top_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
-        if len(rows) > GATHER_LIMIT:
-            rows = self.candidates_among(query, rows, k)
-        return self.exact.top_among(query, rows, k)
+        """The k best of some products (a filter's, a name level's): a small set is scored exactly;
+        a large one is searched with an ID selector, and where the search finds fewer than k of
+        them (an IVF list holding few, an HNSW walk the selector starves) they are scored exactly."""
+        if len(rows) <= GATHER_LIMIT:
+            return self.exact.top_among(query, rows, k)
+        hits = self.exact.top_among(query, self.candidates_among(query, rows, k), k)
+        if len(hits.rows) < min(k, len(rows)):
+            return self.exact.top_among(query, rows, k)
+        return hits
 
     def best_images(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return self.exact.best_images(query, rows)

@@ -1,14 +1,31 @@
 """Vectors in Milvus (SEARCH_BACKEND=milvus): Milvus Lite for a MILVUS_URI ending in .db (a folder,
 the embedded engine used by the tests), a Milvus standalone or cluster for http(s)://host:19530.
 
-The local index stays the service's metadata (product names, image files, name words); only the
-vectors live in Milvus, published from that index by `python -m search.index publish` (see
-search/indexing/publish.py). Two collections per published index:
+The local index stays the service's metadata (product names, image files, name words, filter
+masks); the vectors live in Milvus, with the products' filterable fields beside them, published from
+that index by `python -m search.index publish` (see search/indexing/publish.py). Two collections
+per published index:
 
     <base>_products   name VARCHAR (primary key), vector FLOAT_VECTOR[dim] (the pooled vector),
-                      digest VARCHAR (hash of the vector: publish upserts only what changed)
+                      digest VARCHAR (hash of the vector and the fields: publish upserts only what
+                      changed), the filter fields below
     <base>_images     key VARCHAR (primary key, "product/file"), product VARCHAR (scalar index),
-                      file VARCHAR, vector FLOAT_VECTOR[dim], digest VARCHAR
+                      file VARCHAR, vector FLOAT_VECTOR[dim], digest VARCHAR, the filter fields
+                      below (its product's: score-max searches this collection)
+
+Filter fields, one per attribute of the index (search.filters.AttributeColumns, in column order i;
+none for a folder catalog, so its collections are as before):
+
+    f_<i>       number DOUBLE, boolean BOOL, string VARCHAR(STRING_MAX bytes), strings
+                ARRAY<VARCHAR(STRING_MAX)> (max_capacity: twice the longest list, at least 16)
+    f_present   ARRAY<INT64>: the i of the attributes the product has a value for (Milvus 2.3
+                has no nullable fields); an absent value is stored as 0 / false / "" / [].
+
+Feed names are arbitrary text, so they never reach Milvus: the collections' FIELDS_PROPERTY maps
+name -> (f_<i>, type), and the service refuses (VectorStoreError: re-publish with --replace)
+collections whose mapping is not its index's. A string longer than filters.MAX_STRING characters
+(the longest value a request may compare) is stored as no value (a list: without it): no filter
+could match it, so nothing changes, and every stored string fits STRING_MAX bytes.
 
 Rows are keyed by name, not by row number, so they stay valid across rebuilds; hits are mapped back
 to the local index's rows by name (a name the local index does not have is skipped, with one
@@ -23,12 +40,32 @@ Queries (every score is a true cosine: IP on normalised vectors, or converted fr
     top         max/mean pooling: an ANN search of the products collection, limit k.
                 score-max: a grouping search of the images collection (group_by product): each
                 product scores as its best image.
+                With a filter (search.filters.ProductFilter): the same search with a Milvus
+                expression built from its Conditions (filter_expression), never from request
+                text: field names from the mapping only, strings through quote(), numbers as the
+                repr of finite floats, booleans true/false; every condition also requires
+                presence. price < 50 and sizes contains "M" (attributes 1 and 3) becomes
+                    (array_contains_all(f_present, [1, 3])) and (f_1 < 50.0) and
+                    (array_contains(f_3, "M"))
+                and category in ["dresses", "tops"] becomes `f_0 in ["dresses", "tops"]`,
+                sizes contains_any -> array_contains_any(f_3, [...]). ef grows with 1 / the
+                filter's share of the products. The filter's mask (computed locally) is the
+                truth: hits outside it (collections published from another generation) are
+                dropped, and when fewer than min(k, products passing) are left, the filter's
+                rows are scored exactly (fetched by primary key, CHUNK_KEYS vectors at a time),
+                so a filter never returns fewer. A filter no product passes answers [] without
+                a call.
     top_among   up to EXACT_AMONG vectors (the products', or for score-max their images'): fetched
                 by primary key and scored here, exact on any server. More: the ANN search with a
                 filter, `name in [...]` CHUNK_KEYS names per search (merged; a chunk the ANN
                 under-answers is scored exactly), or, for more than half of the products, one
-                search with `not in [the others]`. A Milvus server answers selective filters by
-                brute force; Milvus Lite's filtered HNSW search misses many, hence the exact path.
+                search with `not in [the others]` (scored exactly when it under-answers). A Milvus
+                server answers selective filters by brute force; Milvus Lite walks the FAISS HNSW
+                graph with an ID selector, which can end with fewer than k hits for a selective
+                filter unless ef is large (hence ef >= k / share, and the exact paths). Measured
+                with Milvus Lite 3.2.2 (20k random 32-d vectors, HNSW M=32, k=10, filters keeping
+                0.05%-90%): 10 of 10 returned, recall 1.0 with that ef; with ef = k, filters
+                keeping 1% or less returned 0-3 of 10.
     best_images the vectors of the products' images (keys "product/file" from the local index),
                 scored here: exact, the same choice as the exact backend.
 
@@ -51,13 +88,16 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from search.filters import MAX_STRING, Condition, ProductFilter
 from search.index_format import PROBE_MIN_COSINE, Index
 from search.vectors.base import Hits, VectorStore, VectorStoreError
 
@@ -66,7 +106,13 @@ log = logging.getLogger("fashion.milvus")
 IDENTITY_PROPERTY = "fashion.identity"  # embedder, pooling, dim, which collection of the pair
 PUBLISHED_PROPERTY = "fashion.published"  # generation, catalog fingerprint, counts, when
 INDEX_PROPERTY = "fashion.index"  # index type, metric and build params (for search params)
+FIELDS_PROPERTY = "fashion.fields"  # the filter fields: attribute name -> Milvus field and type
 IDENTITY_FORMAT = 1
+FIELDS_FORMAT = 1
+PRESENT_FIELD = "f_present"  # ARRAY<INT64>: which attributes (by column) the row has a value for
+STRING_MAX = 4 * MAX_STRING  # bytes of a stored string: any value a request can compare fits
+ARRAY_MAX_CAPACITY = 4096  # Milvus' limit on an ARRAY field's elements
+MAX_FIELDS = 64  # a Milvus server's default proxy.maxFieldNum (fields per collection)
 KINDS = ("products", "images")
 NAME_MAX = 1024  # bytes of a product or file name
 KEY_MAX = 2 * NAME_MAX + 1
@@ -117,7 +163,11 @@ def display_uri(uri: str) -> str:
 
 
 def quote(text: str) -> str:
-    """A Milvus filter-expression string literal (Milvus Lite has no expression templates)."""
+    """A Milvus filter-expression string literal (Milvus Lite has no expression templates).
+    Backslash, double quote, LF, CR and tab are escaped; any other character stands for itself
+    inside the quotes. Those five escapes are the ones both grammars read alike: Milvus Lite's
+    lexer knows only them (and \\'), refusing \\b, \\f and \\uXXXX, so json.dumps will not do;
+    a Milvus server reads the literal with Go's strconv.Unquote."""
     escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
                .replace("\r", "\\r").replace("\t", "\\t"))
     return f'"{escaped}"'
@@ -125,6 +175,111 @@ def quote(text: str) -> str:
 
 def in_filter(field: str, values) -> str:
     return f"{field} in [{', '.join(quote(v) for v in values)}]"
+
+
+def field_mapping(types: Mapping[str, str], capacities: Mapping[str, int] | None = None) -> dict:
+    """The filter fields a collection holds for attributes of these types (AttributeColumns.types,
+    in column order): attribute i is Milvus field f_<i>. `capacities` (publish): max_capacity of
+    each strings field."""
+    fields = []
+    for i, (name, kind) in enumerate(types.items()):
+        entry = {"name": name, "type": kind, "field": f"f_{i}"}
+        if kind == "strings" and capacities is not None:
+            entry["max_capacity"] = int(capacities[name])
+        fields.append(entry)
+    return {"format": FIELDS_FORMAT, "present": PRESENT_FIELD, "max_length": STRING_MAX, "fields": fields}
+
+
+NO_FIELDS = {"format": FIELDS_FORMAT, "present": PRESENT_FIELD, "max_length": STRING_MAX, "fields": []}
+
+
+def _described(mapping: dict) -> str:
+    shown = ", ".join(f"{f.get('name')!r} {f.get('type')}" for f in mapping.get("fields") or []) or "none"
+    return shown if len(shown) <= 300 else shown[:297] + "..."
+
+
+def fields_mismatch(remote: dict | None, local: dict) -> str | None:
+    """Why a collection's filter fields (its FIELDS_PROPERTY; None: published before filters,
+    which is right for an index without attributes) are not the local index's, or None."""
+    remote = NO_FIELDS if remote is None else remote
+    for key in ("format", "present", "max_length"):
+        if remote.get(key) != local[key]:
+            return f"filter fields {key} {remote.get(key)!r} there, {local[key]!r} here"
+
+    def shape(mapping):
+        return [(f.get("name"), f.get("type"), f.get("field")) for f in mapping.get("fields") or []]
+
+    if shape(remote) != shape(local):
+        return f"filter fields there: {_described(remote)}; here: {_described(local)}"
+    return None
+
+
+RANGE_SYMBOLS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
+
+
+def _literal(kind: str, value) -> str | None:
+    """A value of a condition as a Milvus literal, None where no stored value can equal it."""
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"not a finite number: {value!r}")
+        return repr(float(value))  # shortest round trip: 12.5, -0.0, 1e-07, 1e+16 (both grammars)
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise ValueError(f"not a boolean: {value!r}")
+        return "true" if value else "false"
+    if not isinstance(value, str):
+        raise ValueError(f"not a string: {value!r}")
+    if len(value) > MAX_STRING:
+        return None  # longer than any stored value (publish stores those as none)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: never in the index
+        return None
+    return quote(value)
+
+
+def filter_expression(conditions: Sequence[Condition], mapping: dict) -> str | None:
+    """The Milvus boolean expression of ANDed conditions over the collection's filter fields
+    (`mapping`: field_mapping of the local index), or None when no product can pass. Built only
+    from the checked Conditions: field names from the mapping, values as literals."""
+    where = {f["name"]: (i, f) for i, f in enumerate(mapping["fields"])}
+    present, parts = set(), []
+    for condition in conditions:
+        if condition.field not in where:
+            raise VectorStoreError(f"the Milvus collections have no filter field {condition.field!r}; "
+                                   "re-publish the index (`python -m search.index publish --replace`)")
+        i, entry = where[condition.field]
+        kind, field, op, value = entry["type"], entry["field"], condition.op, condition.value
+        if condition.type != kind:
+            raise ValueError(f"condition on {condition.field!r} is {condition.type}, the field {kind}")
+        present.add(i)
+        if op in ("in", "contains_any"):
+            literals = list(dict.fromkeys(x for x in (_literal(kind, v) for v in value) if x is not None))
+            if not literals:
+                return None
+        else:
+            literal = _literal(kind, value)
+            if literal is None:
+                return None
+        if op == "eq" and kind in ("number", "boolean", "string"):
+            parts.append(f"{field} == {literal}")
+        elif op == "in" and kind == "boolean":
+            if len(literals) == 1:  # both true and false: any product with a value
+                parts.append(f"{field} == {literals[0]}")
+        elif op == "in" and kind in ("number", "string"):
+            parts.append(f"{field} in [{', '.join(literals)}]")
+        elif op in ("gte", "gt", "lte", "lt") and kind == "number":
+            parts.append(f"{field} {RANGE_SYMBOLS[op]} {literal}")
+        elif op == "contains" and kind == "strings":
+            parts.append(f"array_contains({field}, {literal})")
+        elif op == "contains_any" and kind == "strings":
+            parts.append(f"array_contains_any({field}, [{', '.join(literals)}])")
+        else:
+            raise ValueError(f"operator {op!r} does not apply to a {kind} field")
+    if not present:
+        return ""
+    parts.insert(0, f"array_contains_all({mapping['present']}, [{', '.join(str(i) for i in sorted(present))}])")
+    return " and ".join(f"({part})" for part in parts)
 
 
 def local_identity(index: Index) -> dict:
@@ -210,7 +365,6 @@ def search_params(index_info: dict, k: int, share: float = 1.0) -> dict:
 
 
 class MilvusStore(VectorStore):
-    among_limit = EXACT_AMONG  # fetched and scored locally: exact and fast on any server
     backend = "milvus"
     capabilities = frozenset()  # an ANN search: no score of every product
 
@@ -222,6 +376,7 @@ class MilvusStore(VectorStore):
         self.timeout = float(settings.milvus_timeout)
         self.names = collection_names(index, settings.milvus_collection)
         self.identity = local_identity(index)
+        self.fields = field_mapping(index.attributes.types)  # the filter fields the collections must have
         self.score_max = index.pooling == "score-max"
         self._client = None
         self._failure: tuple[float, VectorStoreError | None] = (0.0, None)  # last failed connect
@@ -286,6 +441,12 @@ class MilvusStore(VectorStore):
                 if why:
                     raise _IdentityError(f"Milvus collection {name} at {self.shown_uri} was published from "
                                          f"another index: {why}; publish this index or fix MILVUS_COLLECTION")
+                why = fields_mismatch(read_property(description, FIELDS_PROPERTY), self.fields)
+                if why:  # the same vectors, other attributes (a feed gained or lost one): fixed by a publish
+                    raise VectorStoreError(
+                        f"Milvus collection {name} at {self.shown_uri} does not hold this index's filter fields "
+                        f"({why}); re-publish it: `python -m search.index publish --index {self.index.directory} "
+                        f"--milvus {self.shown_uri} --replace`")
                 if kind == ("images" if self.score_max else "products"):
                     self._index_info = read_property(description, INDEX_PROPERTY) or {}
                     self._published = read_property(description, PUBLISHED_PROPERTY) or {}
@@ -371,22 +532,25 @@ class MilvusStore(VectorStore):
 
     # ------------------------------------------------------------------ queries
 
-    def _search(self, query: np.ndarray, k: int, names: list[str] | None = None, *,
-                exclude: bool = False) -> tuple[list[str], np.ndarray]:
-        """Product names and cosines of the k best: among `names` if given (or all but them
-        with `exclude`), by an ANN search of Milvus."""
+    def _names_filter(self, names: list[str], *, exclude: bool = False) -> tuple[str, float]:
+        """The expression keeping these products (or all but them with `exclude`), and the share
+        of the products it keeps."""
+        if exclude and not names:
+            return "", 1.0
+        field = "product" if self.score_max else "name"
+        total = len(self.index.products)
+        share = (total - len(names) if exclude else len(names)) / max(total, 1)
+        return f"{'not ' if exclude else ''}{in_filter(field, names)}", share
+
+    def _search(self, query: np.ndarray, k: int, where: str = "", share: float = 1.0) -> tuple[list[str], np.ndarray]:
+        """Product names and cosines of the k best passing the expression `where` (keeping
+        `share` of the products), by an ANN search of Milvus."""
         info = self._index_info
         metric = info.get("metric", "IP")
         rescore = any(q in str(info.get("index_type", "")).upper() for q in QUANTISED)
         collection = self._searched
-        field = "product" if self.score_max else "name"
         kwargs = {"group_by_field": "product"} if self.score_max else {}
         outputs = ["product", "vector"] if rescore else ["product"] if self.score_max else ["digest"]
-        where, share = "", 1.0
-        if names is not None and (names or not exclude):
-            where = f"{'not ' if exclude else ''}{in_filter(field, names)}"
-            total = len(self.index.products)
-            share = (total - len(names) if exclude else len(names)) / max(total, 1)
 
         def run(client):
             result = client.search(
@@ -453,25 +617,63 @@ class MilvusStore(VectorStore):
         pick = order[first]
         return owners[pick], scores[pick].astype(np.float32), images[pick]
 
-    def _exact_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
-        """Fetch the products' vectors and score them here: exact on any server."""
-        if self.score_max:
-            found, scores, _ = self._best_images(query, rows)
-            return Hits.best(found, scores, k)
-        names = [self.index.products[int(r)] for r in rows]
-        vectors = self._vectors("products", names)
-        held = [i for i, name in enumerate(names) if name in vectors]
-        if not held:
-            return Hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        scores = np.stack([vectors[names[i]] for i in held]) @ query
-        return Hits.best(rows[held], scores, k)
+    def _row_chunks(self, rows: np.ndarray):
+        """The rows in runs of about CHUNK_KEYS vectors (products', or their images'; a product
+        with more images is a run of its own)."""
+        if not self.score_max:
+            for first in range(0, len(rows), CHUNK_KEYS):
+                yield rows[first:first + CHUNK_KEYS]
+            return
+        counts = self.index.counts[rows]
+        first = held = 0
+        for i, count in enumerate(counts.tolist()):
+            if held and held + count > CHUNK_KEYS:
+                yield rows[first:i]
+                first, held = i, 0
+            held += count
+        if first < len(rows):
+            yield rows[first:]
 
-    def top(self, query: np.ndarray, k: int) -> Hits:
+    def _exact_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
+        """Fetch the products' vectors and score them here: exact on any server. A run of about
+        CHUNK_KEYS vectors at a time, keeping the k best: memory stays bounded for any number of
+        rows (a filter's fallback may score many)."""
+        best = Hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        for chunk in self._row_chunks(np.asarray(rows, np.int64)):
+            if self.score_max:
+                found, scores, _ = self._best_images(query, chunk)
+            else:
+                names = [self.index.products[int(r)] for r in chunk]
+                vectors = self._vectors("products", names)
+                held = [i for i, name in enumerate(names) if name in vectors]
+                if not held:
+                    continue
+                found, scores = chunk[held], np.stack([vectors[names[i]] for i in held]) @ query
+            best = Hits.best(np.concatenate([best.rows, found]), np.concatenate([best.scores, scores]), k)
+        return best
+
+    def top(self, query: np.ndarray, k: int, product_filter: ProductFilter | None = None) -> Hits:
         k = min(int(k), MAX_TOPK)
         if k <= 0:
             return Hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        keys, scores = self._search(np.asarray(query, np.float32), k)
-        return self._hits(keys, scores, k)
+        query = np.asarray(query, np.float32)
+        if product_filter is None:
+            return self._hits(*self._search(query, k), k)
+        passing = product_filter.count
+        if passing == 0:
+            return Hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        where = filter_expression(product_filter.conditions, self.fields)
+        if where is not None:
+            share = passing / max(len(self.index.products), 1)
+            hits = self._hits(*self._search(query, k, where, share), k)
+            # The local mask is the truth: collections published from another generation may hold
+            # other values. Hits outside it are dropped; too few left -> the exact path.
+            inside = product_filter.mask[hits.rows]
+            if inside.all() and len(hits.rows) >= min(k, passing):
+                return hits
+            log.debug("filtered Milvus search gave %d of %d products passing %s: scoring them exactly",
+                      int(inside.sum()), min(k, passing), product_filter.key)
+        return self._exact_among(query, product_filter.rows, k)
 
     def top_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
         rows = np.unique(np.asarray(rows, np.int64))
@@ -485,13 +687,18 @@ class MilvusStore(VectorStore):
         total = len(self.index.products)
         if 2 * len(rows) > total:  # most products: one search that filters out the others instead
             others = np.setdiff1d(np.arange(total), rows)
-            keys, scores = self._search(query, k, [self.index.products[int(r)] for r in others], exclude=True)
-            return self._hits(keys, scores, k)
+            keys, scores = self._search(query, k, *self._names_filter(
+                [self.index.products[int(r)] for r in others], exclude=True))
+            hits = self._hits(keys, scores, k)
+            if len(hits.rows) >= min(k, len(rows)):
+                return hits
+            return self._exact_among(query, rows, k)  # the ANN could not reach enough of them
         keys, scores = [], []
         for first in range(0, len(rows), CHUNK_KEYS):
             chunk = rows[first:first + CHUNK_KEYS]
             want = min(k, len(chunk))
-            found, cosines = self._search(query, want, [self.index.products[int(r)] for r in chunk])
+            found, cosines = self._search(query, want, *self._names_filter(
+                [self.index.products[int(r)] for r in chunk]))
             if len(found) < want:  # the ANN could not reach enough of them (a very selective filter)
                 exact = self._exact_among(query, chunk, want)
                 found, cosines = [self.index.products[int(r)] for r in exact.rows], exact.scores

@@ -10,9 +10,11 @@ from urllib.parse import quote
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
+from search.filters import ProductFilter, compile_filter
+from search.index_format import RECORD_FIELDS, is_remote
 from search.schemas import Batch, EmbedForm, EmbedJson, NoQuery, SearchForm, SearchJson, SimilarQuery
 from search.vectors import VectorStoreError
-from shared.errors import NotFound, NotReady
+from shared.errors import BadRequest, NotFound, NotReady
 from shared.fetch import fetch_url
 from shared.garment_request import GarmentOptions
 from shared.schemas import read
@@ -33,8 +35,11 @@ def _body_limit() -> None:
     request.max_content_length = config.max_upload_bytes if is_upload else config.max_body_bytes
 
 
-def image_url(product: str, file: str) -> str:
-    path = f"/images/{quote(product, safe='')}/{quote(file, safe='')}"
+def image_url(product_id: str, file: str) -> str:
+    """A feed's URL image as the feed gave it; a local one as served by /images/."""
+    if is_remote(file):
+        return file
+    path = f"/images/{quote(product_id, safe='')}/{quote(file, safe='/')}"
     base = current_app.config["SEARCH"].public_base_url
     return f"{base}{path}" if base else path
 
@@ -53,9 +58,10 @@ class _Query:
     with the garments to search for in it and whether to answer per garment (`look`)."""
 
     def __init__(self, *, text: str | None, n: int, weight: float, photo: bytes | None, photo_url: str | None,
-                 garments: GarmentOptions = GarmentOptions(), look: bool = False):
+                 garments: GarmentOptions = GarmentOptions(), look: bool = False,
+                 product_filter: ProductFilter | None = None, fields: list[str] | None = None):
         self.text, self.n, self.weight, self.photo, self.photo_url = text, n, weight, photo, photo_url
-        self.garments, self.look = garments, look
+        self.garments, self.look, self.filter, self.fields = garments, look, product_filter, fields
 
     @property
     def has_photo(self) -> bool:
@@ -80,7 +86,26 @@ def _read_query(json_model=SearchJson, form_model=SearchForm) -> _Query:
                   weight=current_app.config["SEARCH"].image_weight if weight is None else weight,
                   photo=got.image, photo_url=getattr(fields, "image_url", None),
                   garments=fields.garments(current_app.extensions["garment_vocabulary"]),
-                  look=getattr(fields, "look", False))
+                  look=getattr(fields, "look", False),
+                  product_filter=_filter(getattr(fields, "filter", None)),
+                  fields=_fields_asked(getattr(fields, "fields", None)))
+
+
+def _filter(raw, where: str = "filter") -> ProductFilter | None:
+    """The request's filter checked against the served index's fields (400 naming the path)."""
+    return compile_filter(raw, current_app.extensions["searcher"].index.attributes, where)
+
+
+def _fields_asked(names: list[str] | None, where: str = "fields") -> list[str] | None:
+    """The attributes a request asks results to carry: each must be one the index knows."""
+    if names is None:
+        return None
+    known = set(current_app.extensions["searcher"].index.attributes.types) | set(RECORD_FIELDS)
+    for i, name in enumerate(names):
+        if name not in known:
+            raise BadRequest(f"{where}[{i}]: unknown field {name!r}; known: {', '.join(sorted(known))}.",
+                             field=f"{where}[{i}]")
+    return list(dict.fromkeys(names))
 
 
 def _text_vector(searcher, query: _Query) -> np.ndarray | None:
@@ -111,9 +136,18 @@ def _look_vectors(searcher, query: _Query):
     return garments
 
 
-def _results_json(results) -> list[dict]:
-    return [{"product_name": r.product_name, "url": image_url(r.product_name, r.image_file),
-             "score": round(r.score, 6)} for r in results]
+def _results_json(results, fields: list[str] | None = None) -> list[dict]:
+    index = current_app.extensions["searcher"].index
+    answers = []
+    for r in results:
+        answer = {"product_name": r.product_name, "url": image_url(r.product_id, r.image_file),
+                  "score": round(r.score, 6), "id": r.product_id}
+        if fields is not None:
+            record = index.product_record(r.row)
+            values = {**record.get("attributes", {}), **{f: record.get(f) for f in RECORD_FIELDS}}
+            answer["fields"] = {name: values.get(name) for name in fields}
+        answers.append(answer)
+    return answers
 
 
 def _ranked(searcher, what, *args):
@@ -137,22 +171,33 @@ def search():
     query = _read_query()
     if not query.has_photo:
         return jsonify(_results_json(_ranked(searcher, searcher.search_vector, _text_vector(searcher, query),
-                                             query.n, query.text)))
+                                             query.n, query.text, query.filter), query.fields))
     garments = _look_vectors(searcher, query)
     if not query.look:
         vectors = [vector for _, vector in garments]
-        return jsonify(_results_json(_ranked(searcher, searcher.search_vectors, vectors, query.n, query.text)))
+        return jsonify(_results_json(_ranked(searcher, searcher.search_vectors, vectors, query.n, query.text,
+                                             query.filter), query.fields))
     return jsonify({
         "classes": list(query.garments.classes), "classes_source": query.garments.source,
         "garments": [{"class": garment.garment_class, "box": list(garment.box),
-                      "results": _results_json(_ranked(searcher, searcher.search_vector, vector, query.n, query.text))}
+                      "results": _results_json(_ranked(searcher, searcher.search_vector, vector, query.n, query.text,
+                                                       query.filter), query.fields)}
                      for garment, vector in garments],
     })
 
 
+@bp.get("/fields")
+def filterable_fields():
+    """The fields a filter may name, with their types (a feed's attributes, category, brand)."""
+    searcher = _searcher()
+    read(NoQuery, request.args.to_dict(), text=True)
+    return jsonify({"fields": dict(searcher.index.attributes.types)})
+
+
 @bp.get("/products/<product>")
 def product_record(product: str):
-    """A product as the index holds it: its images and the garment classes its masks kept."""
+    """A product as the index holds it: its record (the feed's fields), its images and the garment
+    classes its masks kept."""
     searcher = _searcher()
     read(NoQuery, request.args.to_dict(), text=True)
     index = searcher.index
@@ -161,8 +206,10 @@ def product_record(product: str):
         raise NotFound(f"No product {product!r} in the index.")
     fallbacks = index.image_fallbacks
     choice = index.product_garments(row)
+    record = index.product_record(row)
     return jsonify({
-        "product_name": product,
+        **record,
+        "product_name": record["name"],
         "images": [{"file": index.image_files[i], "url": image_url(product, index.image_files[i]),
                     "garment_fallback": bool(fallbacks[i])} for i in index.image_rows(row)],
         "garment_classes": {"classes": list(choice.classes), "source": choice.source, "garment": choice.garment},
@@ -172,12 +219,13 @@ def product_record(product: str):
 @bp.get("/products/<product>/similar")
 def similar(product: str):
     searcher = _searcher()
-    n = read(SimilarQuery, request.args.to_dict(), text=True).n
+    asked = read(SimilarQuery, request.args.to_dict(), text=True)
+    product_filter, fields = _filter(asked.filter), _fields_asked(asked.fields)
     try:
-        results = _ranked(searcher, searcher.similar, product, n)
+        results = _ranked(searcher, searcher.similar, product, asked.n, product_filter)
     except KeyError:
         raise NotFound(f"No product {product!r} in the index.") from None
-    return jsonify(_results_json(results))
+    return jsonify(_results_json(results, fields))
 
 
 @bp.post("/embed")
@@ -203,18 +251,22 @@ def batch():
     """Up to MAX_BATCH text queries; one result list per query, in order."""
     searcher = _searcher()
     queries = read(Batch, json_object_body()).queries
+    asked = [(_filter(q.filter, f"queries[{i}].filter"), _fields_asked(q.fields, f"queries[{i}].fields"))
+             for i, q in enumerate(queries)]  # every query checked before any is answered
     answers = []
-    for query in queries:
+    for query, (product_filter, fields) in zip(queries, asked, strict=True):
         with timed(stage_timings(), "embed_text"):
             vector = searcher.embed_query(query.text)
-        answers.append(_results_json(_ranked(searcher, searcher.search_vector, vector, query.n, query.text)))
+        answers.append(_results_json(_ranked(searcher, searcher.search_vector, vector, query.n, query.text,
+                                             product_filter), fields))
     return jsonify(answers)
 
 
-@bp.get("/images/<product>/<file>")
+@bp.get("/images/<product>/<path:file>")
 def image(product: str, file: str):
     index = _searcher().index
     # Only files the index lists are served: no path from the client reaches the filesystem.
-    if index.find_image(product, file) is None:
+    row = index.find_image(product, file)
+    if row is None or is_remote(file):
         raise NotFound(f"No image {file!r} of product {product!r} in the index.")
-    return send_from_directory(current_app.extensions["catalog_dir"] / product, file, max_age=3600)
+    return send_from_directory(current_app.extensions["catalog_dir"], index.image_relpath(row), max_age=3600)

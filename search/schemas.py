@@ -2,12 +2,16 @@
 openapi_document() turns them into the service's OpenAPI document."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationInfo, field_validator, \
     model_validator
 
+from search.filters import MAX_FIELDS as MAX_FILTER_FIELDS
+from search.filters import MAX_VALUES as MAX_FILTER_VALUES
+from search.filters import RANGE_OPERATORS
 from shared.garment_vocabulary import GARMENT_CLASSES
 from shared.openapi import Document, image_body, problem, problems
 from shared.schemas import (
@@ -15,6 +19,7 @@ from shared.schemas import (
     PRODUCT_OR_CLASSES,
     Classes,
     Fallback,
+    FormSpelling,
     FromConfig,
     GarmentFields,
     ImageAddress,
@@ -26,6 +31,8 @@ from shared.schemas import (
     as_flag,
     as_integer,
     as_number,
+    comma_separated,
+    from_text,
 )
 
 MAX_N = 100
@@ -50,6 +57,52 @@ Look = Annotated[
     Field(description="one result list per garment found in the photo instead of one list (in a form or query "
                       "string also 1/0, yes/no, on/off)"),
     Refused("{field} must be true or false."),
+]
+
+
+MAX_FIELDS_ASKED = 64
+FILTER_VALUE = {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+FILTER_SCHEMA = {
+    "type": "object", "maxProperties": MAX_FILTER_FIELDS,
+    "additionalProperties": {"oneOf": [
+        FILTER_VALUE,
+        {"type": "array", "items": FILTER_VALUE, "minItems": 1, "maxItems": MAX_FILTER_VALUES},
+        {"type": "object", "minProperties": 1, "additionalProperties": False, "properties": {
+            **{op: FILTER_VALUE for op in ("eq", "contains")},
+            **{op: {"type": "number"} for op in RANGE_OPERATORS},
+            **{op: {"type": "array", "items": FILTER_VALUE, "minItems": 1, "maxItems": MAX_FILTER_VALUES}
+               for op in ("in", "contains_any")}}},
+    ]},
+    "examples": [{"category": "dresses", "price": {"lt": 50}, "in_stock": True, "sizes": {"contains": "M"}}],
+}
+
+
+def as_json(value, info: ValidationInfo):
+    """A form's or query string's filter is JSON text."""
+    if from_text(info) and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise Refusal("{field} must be a JSON object of field conditions, e.g. "
+                          '{{"category": "dresses", "price": {{"lt": 50}}}}.') from None
+    return value
+
+
+Filter = Annotated[
+    dict[str, Any], Strict(), BeforeValidator(as_json),
+    Field(description="only products passing every condition (fields ANDed): a value = equal (a list field: "
+                      "contains), a list = any of them, or an object of operators: eq, in, gte, gt, lte, lt (numbers), "
+                      "contains, contains_any (list fields). The index's fields: GET /fields",
+          json_schema_extra=FILTER_SCHEMA),
+    FormSpelling({"type": "string", "contentMediaType": "application/json",
+                  "description": "the filter as JSON text, e.g. {\"category\": \"dresses\"}"}),
+    Refused('{field} must be an object of field conditions, e.g. {{"category": "dresses", "price": {{"lt": 50}}}}.'),
+]
+FieldsAsked = Annotated[
+    list[NonBlank], BeforeValidator(comma_separated), Field(min_length=1, max_length=MAX_FIELDS_ASKED, description=(
+        "the product's attributes to return with each result (as `fields`), e.g. [\"price\", \"in_stock\"]")),
+    FormSpelling({"type": "string", "description": "comma-separated attribute names, e.g. price,in_stock"}),
+    Refused(f"{{field}} must be a list of 1 to {MAX_FIELDS_ASKED} field names."),
 ]
 
 
@@ -129,6 +182,8 @@ class SearchForm(_Query):
     product: Product = None
     classes: Classes = None
     look: Look = False
+    filter: Filter = None
+    fields: FieldsAsked = None
     rules = (TextOrPhoto(), PhotoQueriesOn(), NeedsPhoto(PHOTO_FIELDS), PRODUCT_OR_CLASSES)
 
 
@@ -166,6 +221,8 @@ class BatchQuery(RequestModel):
     item_refused = '{field} must be an object like {{"text": ..., "n": ...}}.'
     text: Text
     n: Count = 5
+    filter: Filter = None
+    fields: FieldsAsked = None
 
 
 class Batch(RequestModel):
@@ -177,6 +234,8 @@ class Batch(RequestModel):
 class SimilarQuery(RequestModel):
     """GET /products/{product}/similar's query string."""
     n: Count = 5
+    filter: Filter = None
+    fields: FieldsAsked = None
 
 
 class NoQuery(RequestModel):
@@ -189,8 +248,11 @@ class NoQuery(RequestModel):
 class Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
     product_name: str
-    url: str = Field(description="the product's best-matching image, served by this service")
-    score: float = Field(description="higher = more similar (cosine, blended with name match)")
+    url: str = Field(description="the product's best-matching image: the feed's URL, or served by this service")
+    score: float = Field(description="higher = more similar (cosine, fused with the BM25 text match)")
+    id: str = Field(description="the product's id (a folder catalog's folder name)")
+    fields: dict[str, Any] | None = Field(None, description="the attributes asked for (null where it has none); "
+                                                            "only when the request named `fields`")
 
 
 class LookGarment(BaseModel):
@@ -221,9 +283,21 @@ class ProductGarments(BaseModel):
 
 
 class ProductRecord(BaseModel):
-    product_name: str
+    id: str = Field(description="the feed's id (a folder catalog's folder name)")
+    name: str
+    product_name: str = Field(description="the same as name, as results spell it")
+    description: str | None = None
+    category: str | None = None
+    brand: str | None = None
+    url: str | None = Field(None, description="the product's page, as the feed gave it")
+    attributes: dict[str, Any] = Field(description="the feed's other fields, typed (GET /fields)")
     images: list[ProductImage]
     garment_classes: ProductGarments
+
+
+class FilterableFields(BaseModel):
+    fields: dict[str, Literal["string", "number", "boolean", "strings"]] = Field(
+        description="each field a filter may name, with its type (strings: a list of strings)")
 
 
 class EmbeddingModel(BaseModel):
@@ -248,7 +322,8 @@ def openapi_document(config) -> dict:
     too_large = (f"JSON body over {config.max_body_bytes:,} bytes, upload over {config.max_upload_bytes:,}, download "
                  f"over {config.fetch.max_bytes:,}, or more than {config.max_image_pixels:,} pixels")
     photo_errors = problems(
-        _400="Bad field, refused image_url, or photo queries turned off",
+        _400="Bad field (e.g. filter.price.gte: an unknown field or operator, a wrong type, an empty list, too deep "
+             "or too large), refused image_url, or photo queries turned off",
         _413=too_large,
         _415="Not JSON/multipart/image, or an unsupported image format",
         _422="The photo shows no garment, or is corrupt",
@@ -259,7 +334,9 @@ def openapi_document(config) -> dict:
     not_loaded = problem("Index or model not loaded")
     results = {"type": "array", "items": doc.ref(Result)}
     product_name = {"name": "product", "in": "path", "required": True, "schema": {"type": "string"},
-                    "description": "the product name (catalog folder), percent-encoded"}
+                    "description": "the product's id (a feed's id, a catalog folder's name), percent-encoded"}
+    bad_filter = ("Bad field; `field` names it, e.g. filter.price.gte (an unknown field or operator, a wrong type, "
+                  "an empty list, too deep or too large) or fields[1]")
 
     def photo_operation(json_model, form_model, **operation) -> dict:
         return {**operation,
@@ -283,13 +360,22 @@ def openapi_document(config) -> dict:
                             "by their best match over those garments (with `look`: one result list per garment). "
                             "`product` or `classes` choose the garment to search for. Text and photo together rank "
                             f"by a blend of both cosines (image_weight = the photo's share, default "
-                            f"{config.image_weight}).",
+                            f"{config.image_weight}). A text's BM25 match over the products' name, category, brand and "
+                            f"description joins the CLIP score ({config.fusion_method}, lexical weight "
+                            f"{config.lexical_weight}). `filter` keeps the products passing every condition (GET "
+                            "/fields lists them); `fields` returns attributes with each result.",
                 responses={"200": {
-                    "description": "min(n, products) results, each product once, score descending; with look, one "
-                                   "such list per garment of the photo",
+                    "description": "min(n, products passing the filter) results, each product once, score "
+                                   "descending; with look, one such list per garment of the photo",
                     "content": {"application/json": {"schema": {"oneOf": [results, doc.ref(LookResults)]}}}},
                     **photo_errors}),
         },
+        "/fields": {"get": {
+            "summary": "The fields a filter may name, with their types",
+            "responses": {"200": {"description": "the index's filterable fields (none for a folder catalog)",
+                                  "content": {"application/json": {"schema": doc.ref(FilterableFields)}}},
+                          **problems(_400="Unknown parameter"), "503": not_loaded},
+        }},
         "/products/{product}": {"get": {
             "summary": "A product as the index holds it: its images and the garment classes its masks kept",
             "parameters": [product_name],
@@ -300,10 +386,12 @@ def openapi_document(config) -> dict:
         }},
         "/products/{product}/similar": {"get": {
             "summary": "The products nearest to this one (\"more like this\"), without itself",
-            "parameters": [product_name, *doc.query_parameters(SimilarQuery, description="how many products")],
-            "responses": {"200": {"description": "min(n, products - 1) results, score descending",
+            "parameters": [product_name, *doc.query_parameters(SimilarQuery, description="how many products, "
+                                                                                        "which, and what to return")],
+            "responses": {"200": {"description": "min(n, products passing the filter - 1) results, score descending",
                                   "content": {"application/json": {"schema": results}}},
-                          **problems(_400="Bad n or unknown parameter", _404="No such product in the index"),
+                          **problems(_400=f"Bad n or unknown parameter. {bad_filter}",
+                                     _404="No such product in the index"),
                           "503": not_loaded},
         }},
         "/embed": {"post": photo_operation(
@@ -320,13 +408,14 @@ def openapi_document(config) -> dict:
             "responses": {
                 "200": {"description": "one list per query", "content": {"application/json": {"schema": {
                     "type": "array", "items": results}}}},
-                **problems(_400="Bad field; `field` names it, e.g. queries[3].n",
+                **problems(_400=f"Bad field; `field` names it, e.g. queries[3].n. {bad_filter}",
                            _413=f"Body over {config.max_body_bytes:,} bytes", _415="Not JSON"),
                 "503": not_loaded,
             },
         }},
         "/images/{product}/{file}": {"get": {
-            "summary": "A catalog image listed in the index",
+            "summary": "A catalog image listed in the index (a feed's local image: its path beside the feed, which may "
+                       "hold /)",
             "parameters": [{"name": "product", "in": "path", "required": True, "schema": {"type": "string"}},
                            {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "the image", "content": {"image/*": {}}},

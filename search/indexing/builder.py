@@ -1,5 +1,5 @@
-"""build_index: a catalog folder in, an index out. Scan the catalog, choose each product's garment
-classes from its name, embed what an --update cannot reuse (on whichever executor), pool each
+"""build_index: a catalog folder (or a shop's feed) in, an index out. Scan the catalog, choose each
+product's garment classes from its text, embed what an --update cannot reuse (on whichever executor), pool each
 product's images, write a new generation (search/index_format.py) with its optional approximate
 index, then report near-duplicates across products."""
 from __future__ import annotations
@@ -16,32 +16,42 @@ from search.indexing.catalog import CatalogImage, catalog_fingerprint, scan_cata
 from search.indexing.duplicates import find_duplicates
 from search.indexing.embedding import BuildModels
 from search.indexing.executors import embedded_batches
+from search.indexing.feed_catalog import FeedCatalog
 from search.indexing.pooling import pool_products
 from search.indexing.report import BuildReport
 from search.indexing.update import Reusable, reusable_rows
 from shared.garment_vocabulary import Vocabulary
 
 
-def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = "max",
+def build_index(catalog: Path | None, out: Path, embedder, garments, *, pooling: str = "max",
                 batch_size: int = 16, update: bool = False, dup_threshold: float = 0.97,
                 progress: bool = True, ann: str | None = None, ann_params: dict | None = None,
                 workers: int = 1, models: BuildModels | None = None, ray: str | None = None,
-                decode_workers: int = 0, vocabulary: Vocabulary | None = None) -> BuildReport:
+                decode_workers: int = 0, vocabulary: Vocabulary | None = None,
+                feed: FeedCatalog | None = None, lexical_language: str = "english") -> BuildReport:
     """Embed every catalog image's garment and write the index. Images that cannot be read or
     hold no garment are skipped and listed with the reason; anything else that fails (the
     bg-removal service down after its retries, a model error) stops the build and leaves the
     previous index as it was. `ann` adds a FAISS approximate index of that kind (see
     search/indexing/ann.py); an --update keeps the previous index's kind unless told
     otherwise ("none" drops it). Each product keeps only its own garment: `vocabulary` (default:
-    the shipped one) chooses its classes from its name."""
+    the shipped one) chooses its classes from its name. `feed` (search/indexing/feed_catalog.py)
+    is a shop's feed instead of a catalog folder: products keyed by id, with records, filterable
+    fields and images already made local; its classes were chosen from each product's text."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}")
     started = time.perf_counter()
     report = BuildReport()
-    images, report.warnings = scan_catalog(catalog)
-    report.images = len(images)
     vocabulary = vocabulary or Vocabulary.load()
-    report.choices = {name: vocabulary.choose(name) for name in sorted({im.product for im in images})}
+    if feed is not None:
+        catalog, images = feed.folder, feed.images
+        report.warnings, report.skipped = list(feed.warnings), list(feed.skipped)
+        report.bad_rows, report.downloads = [str(row) for row in feed.bad_rows], feed.downloads
+        report.choices = dict(feed.choices)
+    else:
+        images, report.warnings = scan_catalog(catalog)
+        report.choices = {name: vocabulary.choose(name) for name in sorted({im.product for im in images})}
+    report.images = len(images)
     for im in images:
         im.classes = report.choices[im.product].classes
     identity = embedder.identity
@@ -117,6 +127,9 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         thumbs=np.stack([done[im.relpath][1] for im in kept]),
         product_garments=[report.choices[name] for name in names],
         image_fallbacks=[bool(done[im.relpath][3]) for im in kept],
+        product_records=[feed.records[key] for key in names] if feed is not None else None,
+        attribute_types=feed.attribute_types if feed is not None else None,
+        lexical_language=lexical_language,
     )
     write_index(out, content, {
         "embedder": identity,
@@ -131,6 +144,9 @@ def build_index(catalog: Path, out: Path, embedder, garments, *, pooling: str = 
         "garment_vocabulary": {"path": str(vocabulary.path) if vocabulary.path else None,
                                "sha256": vocabulary.sha256, "version": vocabulary.version},
         "skipped": report.skipped,
+        **({"feed": {"bad_rows": report.bad_rows, "downloaded": report.downloads.bodies,
+                     "not_modified": report.downloads.not_modified, "bytes": report.downloads.bytes}}
+           if feed is not None else {}),
     }, extra=add_ann)
     index = Index.load(out, for_building=True)
     # Random weights embed every image alike: only the pixel fingerprints can tell then.

@@ -1,5 +1,6 @@
 """The catalog folder: one folder per product (folder name = product name), any number of
-jpg/png/webp images inside. Scanned in a stable order, each image with its sha256."""
+jpg/png/webp images inside. Scanned in a stable order, each image with its sha256. A feed's
+images (search/indexing/feed_catalog.py) are CatalogImages too, each with its local file."""
 from __future__ import annotations
 
 import hashlib
@@ -19,10 +20,14 @@ class CatalogImage:
     file: str
     sha256: str
     classes: tuple[str, ...] = GARMENT_CLASSES  # the product's garment classes (from its text)
+    path: str = ""  # a feed's image: its local file (downloaded or the feed's); "" = <catalog>/<product>/<file>
 
     @property
     def relpath(self) -> str:
         return f"{self.product}/{self.file}"
+
+    def local_file(self, catalog: Path) -> Path:
+        return Path(self.path) if self.path else catalog / self.product / self.file
 
 
 def scan_catalog(catalog: Path) -> tuple[list[CatalogImage], list[str]]:
@@ -57,7 +62,7 @@ def catalog_fingerprint(images: list[CatalogImage]) -> str:
 def decode_catalog_image(catalog: Path, im: CatalogImage, max_side: int) -> DecodedImage | str:
     """The photo decoded straight to the working size, or why it is unusable."""
     try:
-        return decode_image((catalog / im.product / im.file).read_bytes(), max_side=max_side)
+        return decode_image(im.local_file(catalog).read_bytes(), max_side=max_side)
     except ProblemError as exc:  # the image itself is unusable: skip it, say why
         return f"unreadable: {exc.detail}"
 

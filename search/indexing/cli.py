@@ -1,11 +1,15 @@
 """The product index: build it offline from a catalog folder; `search.index_format` loads it for serving.
 
     python -m search.index build --catalog CATALOG_DIR --out INDEX_DIR [--update] [--pooling max] [--ann hnsw]
+    python -m search.index build --feed FEED.jsonl|FEED.csv --out INDEX_DIR [--schema S.json] [--max-bad-rows N]
     python -m search.index info --index INDEX_DIR
     python -m search.index ann --index INDEX_DIR --ann hnsw        # FAISS index for SEARCH_BACKEND=faiss
     python -m search.index publish --index INDEX_DIR --milvus URI  # vectors to Milvus (SEARCH_BACKEND=milvus)
 
-Catalog: one folder per product (folder name = product name), any number of images inside.
+Catalog: one folder per product (folder name = product name), any number of images inside. Or a
+shop's feed (search/indexing/feed.py): one row per product with an id, a name, image URLs or paths,
+optional description/category/brand/url, and attributes (filterable; results can carry them);
+its URL images are downloaded with the service's SSRF-safe fetcher into --image-cache.
 Every image goes through the background-removal pipeline (in-process, or the service at
 --bg-url) keeping only the product's garment (its classes chosen from its name by
 shared/garment_vocabulary.json; all garments where those find none), is cropped to it and
@@ -31,6 +35,10 @@ from search.index_format import POOLINGS, Index
 from search.indexing.ann import ANN_KINDS, build_ann
 from search.indexing.builder import build_index
 from search.indexing.embedding import BuildModels
+from search.indexing.feed import FeedError
+from search.indexing.feed_catalog import describe_types, load_feed_catalog
+from search.indexing.remote_images import ImageFetchError
+from search.lexical import LANGUAGES
 from search.indexing.publish import PublishError, key_value, publish, register
 from search.indexing.report import garment_summary, garment_summary_line, print_report
 from search.text_encoder import EXPORT_DIRNAME, EXPORT_META
@@ -42,9 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     settings = exit_on_bad_settings(SearchConfig.from_env)  # a bad variable stops here, named
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="embed a catalog folder into an index")
-    build.add_argument("--catalog", type=Path, required=True)
+    build = sub.add_parser("build", help="embed a catalog folder or a shop's feed into an index")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--catalog", type=Path, help="a folder per product (folder name = product name = id)")
+    source.add_argument("--feed", type=Path, help="a shop's feed: JSON Lines or CSV (see search/indexing/feed.py)")
     build.add_argument("--out", type=Path, required=True)
+    build.add_argument("--schema", type=Path, help="--feed: the attribute types, JSON {\"price\": \"number\", ...} "
+                                                   "(else inferred and printed)")
+    build.add_argument("--max-bad-rows", type=int, default=0,
+                       help="--feed: bad rows allowed (each skipped and listed); more stop the build (default 0)")
+    build.add_argument("--fetch-workers", type=int, default=8, help="--feed: concurrent image downloads")
+    build.add_argument("--fetch-retries", type=int, default=5,
+                       help="--feed: retries per image for 429/5xx/timeouts (exponential backoff), then the build stops")
+    build.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                       help="--feed: an image host exempt from the public-address check (a private CDN); "
+                            "adds to FETCH_ALLOW_HOSTS")
+    build.add_argument("--image-cache", type=Path, default=None,
+                       help="--feed: where downloaded images are kept, keyed by URL with their ETag/Last-Modified, "
+                            "so --update downloads only what changed (default: OUT/image-cache)")
+    build.add_argument("--language", choices=LANGUAGES, default="english",
+                       help="the products' text language, for BM25's stemming (default english)")
     build.add_argument("--pooling", choices=POOLINGS, default="max")
     build.add_argument("--batch-size", type=int, default=None,
                        help="images per CLIP call (default 16 on the CPU, 256 with DEVICE=cuda)")
@@ -104,13 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = args.batch_size or (256 if on_gpu else 16)
     decode_workers = args.decode_workers if args.decode_workers is not None else (
         min(8, os.cpu_count() or 1) if on_gpu and workers <= 1 and not args.ray else 0)
+    vocabulary = Vocabulary.load(args.vocabulary)
     try:
+        feed = None
+        if args.feed is not None:
+            policy = settings.fetch.model_copy(update={
+                "allow_hosts": settings.fetch.allow_hosts | {h.lower() for h in args.allow_host}})
+            feed = load_feed_catalog(args.feed, vocabulary=vocabulary, fetch_policy=policy,
+                                     cache_dir=args.image_cache or args.out / "image-cache", schema_path=args.schema,
+                                     max_bad_rows=args.max_bad_rows, fetch_workers=args.fetch_workers,
+                                     fetch_retries=args.fetch_retries)
+            print(describe_types(feed), file=sys.stderr)
         report = build_index(args.catalog, args.out, embedder, garments, pooling=args.pooling,
                              batch_size=batch_size, update=args.update, dup_threshold=args.dup_threshold,
                              ann=args.ann, ann_params=dict(args.ann_param), workers=workers, models=models,
-                             ray=args.ray, decode_workers=decode_workers,
-                             vocabulary=Vocabulary.load(args.vocabulary))
-    except GarmentServiceError as exc:
+                             ray=args.ray, decode_workers=decode_workers, vocabulary=vocabulary, feed=feed,
+                             lexical_language=args.language)
+    except (GarmentServiceError, FeedError, ImageFetchError) as exc:
         print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
         return 1
     print_report(report, args.out)

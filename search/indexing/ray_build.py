@@ -43,8 +43,9 @@ class EmbedActor:
         self.fingerprint = models_fingerprint(self.embedder, self.garments)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = [CatalogImage(str(p), str(f), str(s), tuple(str(c).split(",")))
-                 for p, f, s, c in zip(rows["product"], rows["file"], rows["sha256"], rows["classes"], strict=True)]
+        batch = [CatalogImage(str(p), str(f), str(s), tuple(str(c).split(",")), str(path))
+                 for p, f, s, c, path in zip(rows["product"], rows["file"], rows["sha256"], rows["classes"],
+                                             rows["path"], strict=True)]
         results = dict(embed_batch(self.catalog, batch, self.embedder, self.garments))
         dim = len(self.embedder.identity["probe"])
         vectors, thumbs, sources, fallbacks, skipped = [], [], [], [], []
@@ -106,7 +107,8 @@ def ray_batches(catalog: Path, batches: list, embedder, garments, models, addres
         if workers:
             size = min(size, workers)
         batch_size = max(1, len(batches[0])) if batches else 1
-        rows = [{"product": im.product, "file": im.file, "sha256": im.sha256, "classes": ",".join(im.classes)}
+        rows = [{"product": im.product, "file": im.file, "sha256": im.sha256, "classes": ",".join(im.classes),
+                 "path": im.path}
                 for batch in batches for im in batch]
         log.info("Ray: %d images, %d actors (%s each), batches of %d", len(rows), size, resources, batch_size)
         dataset = ray.data.from_items(rows).map_batches(

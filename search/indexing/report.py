@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from search.index_format import Index
+from search.indexing.remote_images import DownloadReport
 from shared.garment_vocabulary import GarmentChoice
 
 
@@ -25,12 +26,20 @@ class BuildReport:
     choices: dict[str, GarmentChoice] = field(default_factory=dict)  # product -> its garment classes
     reembedded_products: set[str] = field(default_factory=set)  # products whose images were (re-)embedded
     seconds: float = 0.0
+    bad_rows: list[str] = field(default_factory=list)  # a feed's rows --max-bad-rows let through, with reasons
+    downloads: DownloadReport | None = None  # a feed's URL images: fetched, not modified, bytes
 
 
 def print_report(report: BuildReport, out: Path) -> None:
     print(f"indexed {report.embedded + report.reused} of {report.images} images into {out} "
           f"({report.embedded} embedded, {report.reused} reused) in {report.seconds:.1f} s"
           + (f", {report.embedded / report.seconds:.2f} images/s" if report.embedded else ""))
+    if report.downloads is not None:
+        d = report.downloads
+        print(f"feed images: {d.bodies} downloaded ({d.bytes / 1e6:.1f} MB), {d.not_modified} unchanged "
+              f"(cache, no body), {len(d.skipped)} skipped")
+    for line in report.bad_rows:
+        print(f"bad row (skipped, --max-bad-rows): {line}")
     for line in report.warnings:
         print(f"warning: {line}")
     if report.pipeline_changes:

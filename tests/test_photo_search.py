@@ -98,10 +98,10 @@ def test_text_and_photo_blend(photo_app, photo_client, synthetic_catalog):
 
     assert both("blue trousers", 0) == text_only  # the photo's share is 0: the text query itself
     # All photo, and a text with no word to match names: the photo's ranking, scores x (1 - lexical weight).
-    name_weight = photo_app.config["SEARCH"].lexical_weight
+    lexical_weight = photo_app.config["SEARCH"].lexical_weight
     blended = both("!!!", 1)
     assert [r["product_name"] for r in blended] == [r["product_name"] for r in photo_only]
-    assert [r["score"] for r in blended] == pytest.approx([(1 - name_weight) * r["score"] for r in photo_only],
+    assert [r["score"] for r in blended] == pytest.approx([(1 - lexical_weight) * r["score"] for r in photo_only],
                                                           abs=1e-5)
     halfway = both("blue trousers", 0.5)
     check_results(halfway, 6)

@@ -10,9 +10,9 @@
             http(s)://host:19530), published from the index with `python -m search.index publish`.
 
 Every backend answers in product rows of the local index (`search.index_format.Index`), whose names,
-image files and name words stay the service's metadata; what differs is where the vectors live
+image files and BM25 index stay the service's metadata; what differs is where the vectors live
 and how the best products are found. Scores are always true cosines (pooled vector . query, or
-the best image's for score-max pooling), so the hybrid name score blends the same way everywhere.
+the best image's for score-max pooling), so the BM25 fusion works the same way everywhere.
 
 The stores only serve: nothing here builds or writes an index (that is search/indexing/). Each
 store declares in `capabilities` what it can do beyond the common interface (see `Capability`);

@@ -1,7 +1,7 @@
 """Vectors in Milvus (SEARCH_BACKEND=milvus): Milvus Lite for a MILVUS_URI ending in .db (a folder,
 the embedded engine used by the tests), a Milvus standalone or cluster for http(s)://host:19530.
 
-The local index stays the service's metadata (product names, image files, name words, filter
+The local index stays the service's metadata (product names, image files, BM25 index, filter
 masks); the vectors live in Milvus, with the products' filterable fields beside them, published from
 that index by `python -m search.index publish` (see search/indexing/publish.py). Two collections
 per published index:

@@ -3,6 +3,7 @@
     python bench/scale.py [--sizes 100k,1m] [--datasets clip-like,sample]
                           [--backends exact,hnsw,ivf-pq,flat-fp16,milvus] [--queries 300]
                           [--out /tmp/scale-bench] [--keep] [--http-sizes 100k] [--memory-sizes 100k,1m]
+                          [--filter-queries 300] [--no-filtered]
 
 For every dataset and size it writes an index in the service's format (search/index_format.py: meta.json +
 a gen-*/ folder of .npy files, written in chunks so the generator's own memory stays small), then
@@ -10,10 +11,10 @@ for each backend reports:
 
   build    time to build the approximate index (FAISS `build_ann`) or to publish to Milvus Lite
            (`search.publish.publish`), and its size on disk. Every backend also needs the local index
-           arrays (names, image rows): the "x exact" column compares what each backend adds with the
-           product matrix the exact backend scans.
-  latency  p50/p95 of one query through `search.searcher.Searcher` (n=10, name_weight 0 and the
-           service default 0.3) with a FIXED query vector: the text is mapped to a precomputed
+           arrays (ids, names, BM25, attributes, image rows): the "x exact" column compares what each
+           backend adds with the product matrix the exact backend scans.
+  latency  p50/p95 of one query through `search.searcher.Searcher` (n=10, lexical (BM25) weight 0 and
+           the service default 0.3, weighted fusion) with a FIXED query vector: the text is mapped to a precomputed
            vector by a stand-in embedder, so the CLIP text tower is not in these timings (its own
            cost is printed separately, and it is in the HTTP timings).
            HTTP: gunicorn with the shipped docker/gunicorn.conf.py, 2 workers x 2 threads, random-
@@ -23,11 +24,24 @@ for each backend reports:
            For sizes without a catalog of symlinks (1M: 5M files) the workers run the same app with
            the start-up catalog check (a stat() per image) skipped: `app_without_catalog_check`.
   recall   recall@10 against the exact backend over the same queries (visual score, and the
-           blended score with name_weight 0.3).
+           fused score with lexical weight 0.3).
+  filtered each backend's `store.top(q, 10, product_filter)` under three filters on the synthetic
+           attributes (index format v3: `attr.<i>.*` columns written by AttributeColumns.arrays):
+               category = c000      ~1 % of products (100 categories, uniform): the selective one
+               in_stock = true      ~50 %: the broad one
+               price in [20, 40)    ~14 % (prices uniform 5..150): a numeric range
+           p50/p95 ms, recall@10 against the exact filtered answer (numpy over the filter's mask),
+           the ratio to the same backend's unfiltered p50 (measured in the same loop), and the same
+           through `Searcher.rank` with the default fusion (weighted, lexical weight 0.3), its
+           recall against the exact fusion (ExactStore); the attributes are independent of the
+           vectors (a random 1 % of the catalog, the hard case for a graph walk). Goals: FAISS
+           filtered p50 <= 2x its unfiltered p50 at recall@10 >= 0.95; exact filtered no slower
+           than unfiltered. The lexical match counts of the query texts are printed too: past
+           searcher.LEXICAL_LIMIT matches an approximate backend's weighted fusion is approximate.
 
 FAISS kinds are tuned on a grid (hnsw: M x efSearch x oversample; ivf-pq: nprobe x oversample;
 flat-fp16: oversample); the grid is printed as a curve, and the fastest point with recall@10 >= 0.95
-(name_weight 0) is then measured in full and over HTTP. Every table also shows ratios against the
+(lexical weight 0) is then measured in full and over HTTP. Every table also shows ratios against the
 exact backend measured in the same run. Load averages are printed with the timings: the machine
 has 2 cores and other work on it moves the numbers.
 
@@ -55,8 +69,10 @@ clip-like  synthetic vectors shaped like real CLIP image embeddings (ViT-B-32, 5
            A query ("text-like"): q = normalise(0.20*mu + 0.55*t + 0.22*c_k + 0.25*U_k u + 0.72*n_q)
            with t one shared "text" direction (the modality gap: text vectors sit apart from the
            image cone), k a category drawn by popularity, u a unit direction in its attribute
-           subspace (what the words ask for) and n_q isotropic noise. Its text (for the name
-           score) is "<colour> <garment> <detail> <i>". The measured statistics are printed:
+           subspace (what the words ask for) and n_q isotropic noise. Its text (for the BM25
+           score) is "<colour> <garment> <detail> <i>"; a product's text (its display name) is
+           "<colour> <garment> <detail> <detail>" and its category attribute (cNNN, a word no query
+           has), and its key (folder name) "<row>-<colour>-<garment>-<detail>-<detail>". The measured statistics are printed:
            mean pairwise cosine, nearest-neighbour cosine, query-to-top-1 cosine, top-1/top-10 gap.
 sample     the real sample index's image vectors (`python -m search.index build --catalog
            ../shared/data/catalog --out /tmp/sample-index` with CLIP_MODEL=ViT-B-32
@@ -236,13 +252,16 @@ class SampleReplica:
     name = "sample"
 
     def __init__(self, sample_index: Path, params: SampleParams = SampleParams()):
-        from search.index_format import WORD, Index
+        import re
+
+        from search.index_format import Index
 
         self.p = params
         index = Index.load(sample_index)
         self.source = sample_index
         self.identity = index.meta["embedder"]
-        self.words = [[w for w in WORD.findall(index.products[i].lower()) if len(w) > 1]
+        word = re.compile(r"[^\W_]+")  # letters and digits (the catalog's folder names' words)
+        self.words = [[w for w in word.findall(index.product_name(i).lower()) if len(w) > 1]
                       for i in range(len(index.products))]
         self.vocabulary = sorted({w for ws in self.words for w in ws})
         images = np.asarray(index.image_embeddings, np.float32)
@@ -305,11 +324,68 @@ def _write_rows(path: Path, shape: tuple, dtype) -> tuple[int, int]:
     return offset, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-def write_generated_index(out: Path, generator, n: int, identity: dict, catalog: Path) -> dict:
+ATTRIBUTE_TYPES = {"category": "string", "in_stock": "boolean", "price": "number"}
+CATEGORIES = 100  # the category attribute's values, uniform: one value is ~1 % of the products
+FILTERS = {  # the filtered-queries table: name -> a request's `filter`
+    "category (~1%)": {"category": "c000"},
+    "in_stock (~50%)": {"in_stock": True},
+    "price 20-40 (~14%)": {"price": {"gte": 20, "lt": 40}},
+}
+
+
+def synthetic_attributes(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Per product: category cNNN (CATEGORIES values, uniform, independent of the vectors), in_stock
+    (true for half), price (uniform 5..150, two decimals); drawn vectorised."""
+    rng = np.random.default_rng([seed, 7])
+    return {"category": rng.integers(0, CATEGORIES, n), "in_stock": rng.random(n) < 0.5,
+            "price": np.round(rng.uniform(5.0, 150.0, n), 2)}
+
+
+def display_name(key: str) -> str:
+    """A product's display name (and BM25 text): its key's words without the row number."""
+    return key.split("-", 1)[1].replace("-", " ")
+
+
+def product_arrays(keys: list[str], attributes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict], dict]:
+    """The format-v3 product arrays (ids, names, records, BM25, attribute columns) through the
+    library's own helpers, as write_index makes them from each product's record: (arrays, the
+    attributes list for meta.json, seconds per step)."""
+    from search.filters import AttributeColumns
+    from search.index_format import filterable_values, product_text
+    from search.lexical import LexicalIndex
+    from search.string_table import StringTable
+
+    seconds = {}
+    started = time.perf_counter()
+    categories = [f"c{c:03d}" for c in range(CATEGORIES)]
+    records = [{"id": key, "name": display_name(key), "category": categories[c],
+                "attributes": {"in_stock": stock, "price": price}}
+               for key, c, stock, price in zip(keys, attributes["category"].tolist(), attributes["in_stock"].tolist(),
+                                               attributes["price"].tolist(), strict=True)]
+    seconds["records"] = time.perf_counter() - started
+    started = time.perf_counter()
+    arrays = dict(LexicalIndex.arrays([product_text(r) for r in records], "english"))
+    seconds["lexical"] = time.perf_counter() - started
+    started = time.perf_counter()
+    # The per-product dict path of AttributeColumns.arrays: ~4 s for 3 fields at 1M products on
+    # this VM, so no hand-made columns (the layout stays the library's).
+    fields, columns = AttributeColumns.arrays(ATTRIBUTE_TYPES, [filterable_values(r) for r in records])
+    arrays.update(columns)
+    seconds["attributes"] = time.perf_counter() - started
+    started = time.perf_counter()
+    for prefix, strings in (("product_ids", keys), ("product_names", [r["name"] for r in records]),
+                            ("product_records", [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records])):
+        arrays[f"{prefix}.utf8"], arrays[f"{prefix}.offsets"] = StringTable.arrays(strings)
+    seconds["strings"] = time.perf_counter() - started
+    return arrays, fields, {k: round(v, 1) for k, v in seconds.items()}
+
+
+def write_generated_index(out: Path, generator, n: int, identity: dict, catalog: Path, seed: int = 0) -> dict:
     """Write an index of n products x 5 images in the format search.index_format.write_index writes (same
-    files, names sorted and unique), generating and writing CHUNK products at a time through file
-    writes, not a memory map, so the process holds one chunk (not 12 GB of dirty mapped pages)."""
-    from search.index_format import FORMAT_VERSION, NameIndex, StringTable, new_generation_name, write_meta
+    files, keys sorted and unique), generating and writing CHUNK products at a time through file
+    writes, not a memory map, so the process holds one chunk (not 12 GB of dirty mapped pages).
+    The product arrays (ids, names, records, BM25, attributes) come from the library's helpers."""
+    from search.index_format import FORMAT_VERSION, new_generation_name, write_meta
 
     out.mkdir(parents=True, exist_ok=True)
     generation = new_generation_name()
@@ -336,9 +412,10 @@ def write_generated_index(out: Path, generator, n: int, identity: dict, catalog:
             fh.flush()
             os.fsync(fh.fileno())
     vectors_s = time.perf_counter() - started
+    product, fields, product_s = product_arrays(names, synthetic_attributes(n, seed))
+    log(f"  product arrays (ids, names, records, BM25, attributes): {product_s} s")
     arrays = {"product_starts": np.arange(n + 1, dtype=np.int64) * PER_PRODUCT,
-              "image_sources": np.zeros(images_n, np.uint8), **NameIndex.arrays(names)}
-    arrays["product_names.utf8"], arrays["product_names.offsets"] = StringTable.arrays(names)
+              "image_sources": np.zeros(images_n, np.uint8), **product}
     files = b"".join(f"{j}.jpg".encode() for j in range(PER_PRODUCT))  # every product: 0.jpg .. 4.jpg
     arrays["image_files.utf8"] = np.frombuffer(files * n, np.uint8)
     arrays["image_files.offsets"] = (np.arange(images_n + 1, dtype=np.int64) * 5)
@@ -346,12 +423,13 @@ def write_generated_index(out: Path, generator, n: int, identity: dict, catalog:
         np.save(folder / f"{name}.npy", array, allow_pickle=False)
     _write_rows(folder / "image_sha256.npy", (images_n, 32), np.uint8)  # builder-only: sparse zeros
     _write_rows(folder / "thumbs.npy", (images_n, 256), np.float32)
-    meta = {"format_version": FORMAT_VERSION, "generation": generation, "embedder": identity,
+    meta = {"format_version": FORMAT_VERSION, "generation": generation, "catalog_kind": "folders", "embedder": identity,
             "garment_pipeline": {}, "embed_dim": generator.dim, "pooling": "max", "catalog_dir": str(catalog),
             "catalog_fingerprint": "synthetic", "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "skipped": [], "synthetic": generator.signature(), "products": n, "images": images_n}
+            "skipped": [], "synthetic": generator.signature(), "attributes": fields,
+            "lexical": {"language": "english"}, "products": n, "images": images_n}
     write_meta(out, meta)
-    return {"vectors_s": round(vectors_s, 1), "total_s": round(time.perf_counter() - started, 1),
+    return {"vectors_s": round(vectors_s, 1), "product_arrays_s": product_s, "total_s": round(time.perf_counter() - started, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -407,6 +485,23 @@ def top_k_batch(matrix: np.ndarray, queries: np.ndarray, k: int, block: int = 13
     return best, rows
 
 
+def top_k_masked(matrix: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray, block: int = 131072):
+    """The exact filtered answer: top-k rows of each query among the rows `mask` passes (plain
+    numpy over the memory-mapped matrix, a block at a time; not the code the backends run)."""
+    best = np.full((len(queries), k), -np.inf, np.float32)
+    rows = np.full((len(queries), k), -1, np.int64)
+    for first in range(0, matrix.shape[0], block):
+        inside = np.flatnonzero(mask[first:first + block])
+        if not len(inside):
+            continue
+        scores = np.concatenate([best, queries @ np.asarray(matrix[first:first + block])[inside].T], axis=1)
+        ids = np.concatenate([rows, np.broadcast_to(first + inside, (len(queries), len(inside)))], axis=1)
+        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(ids, keep, 1)
+    order = np.argsort(-best, axis=1)
+    return [[int(r) for r in line if r >= 0] for line in np.take_along_axis(rows, order, 1)]
+
+
 def data_stats(index, queries: np.ndarray, qcats, cats) -> dict:
     rng = np.random.default_rng(5)
     products, images = index.product_embeddings, index.image_embeddings
@@ -452,9 +547,9 @@ class FixedQueries:
 
 
 def through_searcher(index, store, texts, vectors, weight: float, warm: int = 10) -> dict:
-    from search.searcher import Searcher
+    from search.searcher import Fusion, Searcher
 
-    searcher = Searcher(index, FixedQueries(texts, vectors), store=store, name_weight=weight, cache_size=0)
+    searcher = Searcher(index, FixedQueries(texts, vectors), store=store, fusion=Fusion(weight=weight), cache_size=0)
     for text in texts[:warm]:
         searcher.search(text, K_RECALL)
     latencies, rows = [], []
@@ -463,7 +558,7 @@ def through_searcher(index, store, texts, vectors, weight: float, warm: int = 10
         started = time.perf_counter()
         results = searcher.search(text, K_RECALL)
         latencies.append(time.perf_counter() - started)
-        rows.append([index.products.find(r.product_name) for r in results])
+        rows.append([r.row for r in results])
     return {"p50_ms": float(np.percentile(latencies, 50) * 1000), "p95_ms": float(np.percentile(latencies, 95) * 1000),
             "rows": rows, "load": load}
 
@@ -567,6 +662,7 @@ class Bench:
         self.results_path = self.out / "results.json"
         self.results = json.loads(self.results_path.read_text()) if args.keep and self.results_path.is_file() else {}
         self.deadline = T0 + args.budget_min * 60
+        self.filter_ctx = None  # the filters and their exact answers of the size being run
 
     def save(self) -> None:
         self.results_path.write_text(json.dumps(self.results, indent=1, default=float))
@@ -588,15 +684,18 @@ class Bench:
         generator = ClipLike(ClipLikeParams(seed=a.seed)) if name == "clip-like" else SampleReplica(
             a.sample_index, SampleParams(seed=a.seed))
         meta_path = index_dir / "meta.json"
-        reuse = a.keep and meta_path.is_file() and json.loads(meta_path.read_text()).get("synthetic") == \
-            json.loads(json.dumps(generator.signature())) and json.loads(meta_path.read_text())["products"] == n
+        from search.index_format import FORMAT_VERSION
+
+        held = json.loads(meta_path.read_text()) if a.keep and meta_path.is_file() else {}
+        reuse = held.get("synthetic") == json.loads(json.dumps(generator.signature())) and held.get("products") == n \
+            and held.get("format_version") == FORMAT_VERSION and bool(held.get("attributes"))
         sec = self.section(name, n)
         if not reuse:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             identity = generator.identity if name == "sample" else identity_of(self.out, a.sample_index)
             log(f"{name} {size_label(n)}: writing {n:,} products x {PER_PRODUCT} images to {index_dir}")
-            sec["generate"] = write_generated_index(index_dir, generator, n, identity, folder / "catalog")
+            sec["generate"] = write_generated_index(index_dir, generator, n, identity, folder / "catalog", a.seed)
             log(f"  written: {sec['generate']}")
             for stale in ("stats", "queries"):
                 sec.pop(stale, None)
@@ -633,7 +732,9 @@ class Bench:
         registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
         generation = index.directory / index.meta["generation"]
         held = registry.get(tag)
-        if self.args.keep and held and (generation / held["file"]).is_file() and held.get("requested") == params:
+        # Reused with --keep, and always within this run (every grid point of a tag shares one build).
+        fresh = held and held.get("generation") == index.meta["generation"] and held.get("run") == self.results["run"]["started"]
+        if (self.args.keep or fresh) and held and (generation / held["file"]).is_file() and held.get("requested") == params:
             return held
         log(f"  building faiss {tag} ({params}), load {load_avg()}")
         started = time.perf_counter()
@@ -641,7 +742,8 @@ class Bench:
         wall = time.perf_counter() - started
         final = f"ann-{tag}.faiss"
         os.replace(generation / entry["file"], generation / final)
-        entry = {**entry, "file": final, "wall_seconds": round(wall, 1), "requested": params}
+        entry = {**entry, "file": final, "wall_seconds": round(wall, 1), "requested": params,
+                 "generation": index.meta["generation"], "run": self.results["run"]["started"]}
         update_meta(index.directory, ann=entry)
         registry[tag] = entry
         registry_path.write_text(json.dumps(registry, indent=1))
@@ -686,6 +788,8 @@ class Bench:
             "w0": {**exact[0.0], "recall": 1.0}, "w03": {**exact[0.3], "recall": 1.0}}}
         sec.setdefault("curve", [])
         sec["curve"] = []
+        self.filter_ctx = None if a.no_filtered else self.filter_context(index, texts, vectors, sec)
+        self.filtered("exact", ExactStore(index), index, sec, "exact")
         self.save()
         if "exact-fp16" in a.backends:
             try:
@@ -716,6 +820,86 @@ class Bench:
                 self.http(folder, index, n, texts, sec)
                 self.save()
 
+    # ----------------------------------------------------------------- filtered queries
+
+    def filter_context(self, index, texts, vectors, sec) -> dict:
+        """The FILTERS compiled against the index's columns, the exact filtered answers (numpy over
+        each mask) and the exact fusion's answers (Searcher.rank over ExactStore), for the first
+        --filter-queries queries; the query texts' lexical match counts go to sec["filtered"]."""
+        from search.filters import compile_filter
+        from search.searcher import LEXICAL_LIMIT, Fusion, Searcher
+        from search.vectors.exact import ExactStore
+
+        count = min(self.args.filter_queries, len(texts))
+        texts, vectors = texts[:count], np.asarray(vectors[:count], np.float32)
+        log(f"  filtered queries: exact answers of {len(FILTERS)} filters x {count} queries, load {load_avg()}")
+        started = time.perf_counter()
+        filters = {name: compile_filter(raw, index.attributes) for name, raw in FILTERS.items()}
+        exact = Searcher(index, None, store=ExactStore(index), fusion=Fusion(), cache_size=0)
+        n = len(index.products)
+        ctx = {"texts": texts, "vectors": vectors, "filters": filters, "truth": {}, "fused": {}}
+        matched = [index.lexical.matches(t)[0] for t in texts]
+        lexical = {}
+        for name, pf in [("none", None), *filters.items()]:
+            mask = pf.mask if pf is not None else np.ones(n, bool)
+            ctx["truth"][name] = top_k_masked(index.product_embeddings, vectors, K_RECALL, mask)
+            ctx["fused"][name] = [exact.rank(v, t, K_RECALL, pf).rows.tolist()
+                                  for t, v in zip(texts, vectors, strict=True)]
+            counts = np.array([np.count_nonzero(mask[rows]) for rows in matched])
+            lexical[name] = {"passing": int(mask.sum()), "matches_p50": float(np.median(counts)),
+                             "matches_max": int(counts.max()), "over_limit": float((counts > LEXICAL_LIMIT).mean())}
+        sec["filtered"] = {"queries": count, "filters": FILTERS, "lexical": lexical, "lexical_limit": LEXICAL_LIMIT,
+                           "rows": {}, "truth_s": round(time.perf_counter() - started, 1)}
+        log(f"  exact answers in {sec['filtered']['truth_s']:.0f} s; lexical matches {lexical}")
+        return ctx
+
+    def filtered(self, label: str, store, index, sec, goal: str | None, limit: int | None = None) -> None:
+        """The FILTERED QUERIES rows of one backend: store.top(q, 10, filter) and Searcher.rank with
+        the default fusion, unfiltered and under each filter, interleaved per query (same load)."""
+        ctx = self.filter_ctx
+        if ctx is None:
+            return
+        from search.searcher import Fusion, Searcher
+
+        try:
+            searcher = Searcher(index, None, store=store, fusion=Fusion(), cache_size=0)
+            count = min(limit or len(ctx["texts"]), len(ctx["texts"]))
+            texts, vectors = ctx["texts"][:count], ctx["vectors"][:count]
+            cases = [("none", None), *ctx["filters"].items()]
+            for v in vectors[:5]:  # warm: the first reads map the files
+                for _, pf in cases:
+                    store.top(v, K_RECALL, pf)
+            top_s = {name: [] for name, _ in cases}
+            rank_s = {name: [] for name, _ in cases}
+            found = {name: [] for name, _ in cases}
+            fused = {name: [] for name, _ in cases}
+            load = load_avg()
+            for text, v in zip(texts, vectors, strict=True):
+                for name, pf in cases:
+                    t0 = time.perf_counter()
+                    hits = store.top(v, K_RECALL, pf)
+                    t1 = time.perf_counter()
+                    ranked = searcher.rank(v, text, K_RECALL, pf)
+                    t2 = time.perf_counter()
+                    top_s[name].append(t1 - t0)
+                    rank_s[name].append(t2 - t1)
+                    found[name].append(hits.rows.tolist())
+                    fused[name].append(ranked.rows.tolist())
+            rows = {}
+            for name, _ in cases:
+                rows[name] = {"p50_ms": float(np.percentile(top_s[name], 50) * 1000),
+                              "p95_ms": float(np.percentile(top_s[name], 95) * 1000),
+                              "recall": recall(found[name], ctx["truth"][name][:count]),
+                              "rank_p50_ms": float(np.percentile(rank_s[name], 50) * 1000),
+                              "rank_p95_ms": float(np.percentile(rank_s[name], 95) * 1000),
+                              "rank_recall": recall(fused[name], ctx["fused"][name][:count])}
+            sec["filtered"]["rows"][label] = {"goal": goal, "queries": count, "load": load, "cases": rows}
+            summary = "; ".join(f"{name}: {r['p50_ms']:.2f} ms r{r['recall']:.3f}" for name, r in rows.items())
+            log(f"  filtered {label}: {summary}")
+        except Exception as exc:  # noqa: BLE001 - report it, go on
+            sec["filtered"]["rows"][label] = {"skipped": f"failed: {exc!r}"[:500]}
+            log(f"  filtered {label} failed: {exc!r}")
+
     def exact_fp16(self, folder, index, texts, vectors, truth, sec) -> None:
         """SEARCH_BACKEND=exact SEARCH_EXACT_DTYPE=float16: its float16 copy is the flat-fp16 file."""
         entry = self.ann_entry(folder, index, "flat-fp16", {}, "flat-fp16")
@@ -728,6 +912,7 @@ class Bench:
             measured["recall"] = recall(measured.pop("rows"), truth[w])
             result[key] = measured
         sec["backends"]["exact-fp16"] = result
+        self.filtered("exact-fp16", store, index, sec, "exact")
         log(f"  exact-fp16: w0 {result['w0']['p50_ms']:.2f} ms recall {result['w0']['recall']:.3f}; "
             f"w0.3 {result['w03']['p50_ms']:.2f} ms recall {result['w03']['recall']:.3f}")
 
@@ -770,6 +955,7 @@ class Bench:
             measured["recall"] = recall(measured.pop("rows"), truth[w])
             result[key] = measured
         sec["backends"][kind] = result
+        self.filtered(f"{kind} " + " ".join(f"{k}={v}" for k, v in setting.items()), store, index, sec, "faiss")
         log(f"  {kind} chosen {setting}: w0 {result['w0']['p50_ms']:.2f} ms recall {result['w0']['recall']:.3f}; "
             f"w0.3 {result['w03']['p50_ms']:.2f} ms recall {result['w03']['recall']:.3f}")
 
@@ -824,6 +1010,7 @@ class Bench:
                     measured["queries"] = count
                     result[key] = measured
                     log(f"  milvus w={w}: p50 {measured['p50_ms']:.1f} ms recall {measured['recall']:.3f}")
+                self.filtered("milvus", store, index, sec, None, limit=a.milvus_hybrid_queries)
             finally:
                 store.close()
             result["server"] = {k: v for k, v in smaps_of(server.pid).items() if k in ("Rss", "Pss")}
@@ -973,7 +1160,7 @@ def report(results: dict, args) -> str:
                          if b.get("server") else ""])
     out.append(table(["dataset/size", "backend (chosen setting)", "build s", "own MB", "x exact", "note"], rows))
 
-    out.append("\nTUNING CURVE (through Searcher, name_weight 0, n=10, fixed query vectors)")
+    out.append("\nTUNING CURVE (through Searcher, lexical weight 0, n=10, fixed query vectors)")
     rows = []
     for key in keys:
         for p in results[key].get("curve", []):
@@ -1005,7 +1192,7 @@ def report(results: dict, args) -> str:
                       "recall", "p50 x exact", "load avg"], rows))
 
     out.append("\nHTTP (gunicorn, shipped config, 2 workers x 2 threads; random-weight ViT-B-32 embeds each uncached "
-               "query; name_weight 0.3; one client) AND MEMORY PER WORKER (MB, after 4-client traffic)")
+               "query; lexical weight 0.3; one client) AND MEMORY PER WORKER (MB, after 4-client traffic)")
     rows = []
     for key in keys:
         http = results[key].get("http", {})
@@ -1027,14 +1214,79 @@ def report(results: dict, args) -> str:
                          "; ".join(f"server RSS {s['Rss']:.0f} PSS {s['Pss']:.0f}" for s in r.get("servers", [])) or r.get("load", "")])
     out.append(table(["dataset/size", "backend", "p50 ms", "p95 ms", "p50 x exact", "RSS/worker", "PSS/worker",
                       "PSS x exact", "index PSS", "anon", "start", "note/load"], rows))
+    out.append(filtered_report(results))
     return "\n".join(out)
+
+
+def filtered_goal(kind: str | None, ratio: float, found: float) -> str:
+    """faiss: filtered p50 <= 2x unfiltered at recall@10 >= 0.95; exact: filtered no slower than
+    unfiltered (5 % allowed for timing noise)."""
+    if kind == "faiss":
+        return "PASS" if ratio <= 2.0 and found >= TARGET_RECALL else \
+            "FAIL (" + ", ".join(([f"{ratio:.2f}x > 2x"] if ratio > 2.0 else []) +
+                                 ([f"recall {found:.3f} < 0.95"] if found < TARGET_RECALL else [])) + ")"
+    if kind == "exact":
+        return "PASS" if ratio <= 1.05 else f"FAIL ({ratio:.2f}x slower)"
+    return "-"
+
+
+def filtered_report(results: dict) -> str:
+    out = ["\nFILTERED QUERIES (store.top(q, 10, filter), and Searcher.rank with the default fusion: weighted, lexical "
+           "weight 0.3; fixed query vectors; recall@10 vs the exact filtered answer (numpy over the mask) and, for "
+           "rank, vs the exact fusion (ExactStore); 'x unf' = p50 / the same backend's unfiltered p50)"]
+    rows, lexical = [], []
+    for key in [k for k in results if "/" in k]:
+        f = results[key].get("filtered")
+        if not f:
+            continue
+        for name, c in f["lexical"].items():
+            lexical.append([key, name, f"{c['passing']:,}", fmt(c["matches_p50"], ".0f"), f"{c['matches_max']:,}",
+                            fmt(c["over_limit"], ".2f")])
+        for label, r in f["rows"].items():
+            if r.get("skipped"):
+                rows.append([key, label, r["skipped"]] + [""] * 10)
+                continue
+            base = r["cases"]["none"]
+            for name, c in r["cases"].items():
+                ratio, rank_ratio = c["p50_ms"] / base["p50_ms"], c["rank_p50_ms"] / base["rank_p50_ms"]
+                goal = "(reference)" if name == "none" else filtered_goal(r["goal"], ratio, c["recall"])
+                rows.append([key, label, name, f"{f['lexical'][name]['passing']:,}", fmt(c["p50_ms"], ".2f"),
+                             fmt(c["p95_ms"], ".2f"), fmt(c["recall"], ".3f"), fmt(ratio, ".2f"),
+                             fmt(c["rank_p50_ms"], ".2f"), fmt(c["rank_p95_ms"], ".2f"), fmt(c["rank_recall"], ".3f"),
+                             fmt(rank_ratio, ".2f"), goal])
+            rows.append([key, label, f"({r['queries']} queries, load {r['load']})"] + [""] * 10)
+    if not rows:
+        return "\n".join(out + ["  not measured"])
+    out.append(table(["dataset/size", "backend", "filter", "passing", "top p50", "p95", "recall@10", "x unf",
+                      "rank p50", "p95", "rank recall", "x unf", "goal"], rows))
+    out.append("\nLEXICAL MATCHES of the query texts (products a text's BM25 terms match, among those the filter "
+               "passes): past searcher.LEXICAL_LIMIT an approximate backend's weighted fusion stops asking")
+    out.append(table(["dataset/size", "filter", "passing", "matches p50", "max", "share > LEXICAL_LIMIT"], lexical))
+    return "\n".join(out)
+
+
+def filtered_goals(results: dict) -> str:
+    """The filtered-query goals, every size: a line per backend and filter."""
+    lines = ["\nGOALS, filtered queries: faiss filtered p50 <= 2x unfiltered at recall@10 >= 0.95; "
+             "exact filtered no slower than unfiltered"]
+    for key in [k for k in results if "/" in k]:
+        for label, r in results[key].get("filtered", {}).get("rows", {}).items():
+            if r.get("skipped") or r.get("goal") is None:
+                continue
+            base = r["cases"]["none"]["p50_ms"]
+            for name, c in r["cases"].items():
+                if name != "none":
+                    lines.append(f"  {key} {label}, {name}: p50 {c['p50_ms']:.2f} ms ({c['p50_ms'] / base:.2f}x "
+                                 f"unfiltered {base:.2f} ms), recall@10 {c['recall']:.3f} -> "
+                                 f"{filtered_goal(r['goal'], c['p50_ms'] / base, c['recall'])}")
+    return "\n".join(lines)
 
 
 def goals(results: dict, args) -> str:
     lines = ["\nGOALS at 1M products (clip-like data)"]
     sec = results.get("clip-like/1M")
     if not sec:
-        return "\n".join(lines + ["  not measured (no clip-like 1M run)"])
+        return "\n".join(lines + ["  not measured (no clip-like 1M run)", filtered_goals(results)])
     b = sec.get("backends", {})
     faiss = [(k, v) for k, v in b.items() if k not in ("exact", "exact-fp16", "milvus") and not v.get("skipped") and v.get("w0")]
     ok = [(k, v) for k, v in faiss if v["w0"]["recall"] >= TARGET_RECALL]
@@ -1047,7 +1299,7 @@ def goals(results: dict, args) -> str:
     for name in ("exact", "exact-fp16"):
         if b.get(name, {}).get("w0"):
             p = b[name]["w0"]["p50_ms"]
-            lines.append(f"  {name} p50 <= 40 ms: {p:.1f} ms (name_weight 0), {b[name]['w03']['p50_ms']:.1f} ms (0.3) -> "
+            lines.append(f"  {name} p50 <= 40 ms: {p:.1f} ms (lexical weight 0), {b[name]['w03']['p50_ms']:.1f} ms (0.3) -> "
                          f"{'MET' if p <= 40 else f'MISSED by {p - 40:.1f} ms ({p / 40:.2f}x)'}")
     for name, r in sec.get("http", {}).get("rows", {}).items():
         if r.get("workers"):
@@ -1056,6 +1308,7 @@ def goals(results: dict, args) -> str:
                          f"{'MET' if worst <= 1536 else f'MISSED by {worst - 1536:.0f} MB'}")
     m = b.get("milvus", {})
     lines.append(f"  milvus lite: {m.get('skipped') or 'see the tables'}")
+    lines.append(filtered_goals(results))
     small = results.get("clip-like/100k", {}).get("backends", {}).get("milvus", {})
     if small.get("w0"):
         lines.append(f"  milvus lite at 100k: recall@10 {small['w0']['recall']:.3f} "
@@ -1086,7 +1339,7 @@ def main() -> int:
     parser.add_argument("--milvus-max", type=size_of, default=size_of("100k"), help="largest size published to Milvus Lite")
     parser.add_argument("--milvus-queries", type=int, default=300)
     parser.add_argument("--milvus-hybrid-queries", type=int, default=60,
-                        help="queries with name_weight 0.3 (each runs a filtered search per 1000 named products)")
+                        help="queries with lexical weight 0.3 (each asks about its lexical matches), and filtered queries")
     parser.add_argument("--milvus-skip-hybrid", action="store_true")
     parser.add_argument("--http-sizes", type=sizes, default=sizes("100k"), help="sizes served over HTTP (catalog of symlinks)")
     parser.add_argument("--memory-sizes", type=sizes, default=sizes("1m"),
@@ -1094,6 +1347,8 @@ def main() -> int:
     parser.add_argument("--http-datasets", default="clip-like", type=lambda s: s.split(","))
     parser.add_argument("--http-queries", type=int, default=200)
     parser.add_argument("--budget-min", type=float, default=300, help="stop starting new steps after this")
+    parser.add_argument("--filter-queries", type=int, default=300, help="queries of the FILTERED QUERIES table")
+    parser.add_argument("--no-filtered", action="store_true", help="skip the FILTERED QUERIES table")
     parser.add_argument("--report-only", action="store_true", help="print the tables of --out/results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -1102,7 +1357,8 @@ def main() -> int:
         print(report(results, args) + "\n" + goals(results, args))
         return 0
     bench = Bench(args)
-    bench.results["run"] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:], "cpus": os.cpu_count()}
+    bench.results["run"] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:], "cpus": os.cpu_count(),
+                            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
     for name in args.datasets:
         if name == "sample" and not (args.sample_index / "meta.json").is_file():
             log(f"sample dataset skipped: no index at {args.sample_index} (see the docstring to build it)")

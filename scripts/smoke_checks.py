@@ -69,7 +69,7 @@ def main() -> int:
     results = response.json()
     assert isinstance(results, list) and len(results) == 5
     assert len({r["product_name"] for r in results}) == 5
-    assert all(set(r) == {"product_name", "url", "score"} for r in results)
+    assert all(set(r) == {"product_name", "url", "score", "id"} for r in results)
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     image = requests.get(args.search + results[0]["url"], timeout=30)

@@ -11,7 +11,7 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
 from search.filters import ProductFilter, compile_filter
-from search.index_format import RECORD_FIELDS, is_remote
+from search.index_format import RECORD_FIELDS, is_remote, record_values
 from search.schemas import Batch, EmbedForm, EmbedJson, NoQuery, SearchForm, SearchJson, SimilarQuery
 from search.vectors import VectorStoreError
 from shared.errors import BadRequest, NotFound, NotReady
@@ -143,8 +143,7 @@ def _results_json(results, fields: list[str] | None = None) -> list[dict]:
         answer = {"product_name": r.product_name, "url": image_url(r.product_id, r.image_file),
                   "score": round(r.score, 6), "id": r.product_id}
         if fields is not None:
-            record = index.product_record(r.row)
-            values = {**record.get("attributes", {}), **{f: record.get(f) for f in RECORD_FIELDS}}
+            values = record_values(index.product_record(r.row))
             answer["fields"] = {name: values.get(name) for name in fields}
         answers.append(answer)
     return answers

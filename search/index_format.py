@@ -362,9 +362,14 @@ def product_text(record: Mapping) -> str:
     return " ".join(str(record[f]) for f in LEXICAL_FIELDS if record.get(f))
 
 
+def record_values(record: Mapping, text_fields: Sequence[str] = RECORD_FIELDS) -> dict:
+    """A record's attributes and the text fields named (those it has), as one mapping."""
+    return {**record.get("attributes", {}), **{f: record[f] for f in text_fields if record.get(f)}}
+
+
 def filterable_values(record: Mapping) -> dict:
     """A record's values of the filterable fields: its attributes, category and brand."""
-    return {**record.get("attributes", {}), **{f: record[f] for f in FILTERABLE_TEXT if record.get(f)}}
+    return record_values(record, FILTERABLE_TEXT)
 
 
 def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations: int = 2,

@@ -44,7 +44,7 @@ class Capability(Enum):
     """What a store can do beyond top / top_among / best_images, declared in its `capabilities`."""
 
     # `scores(query)` gives the visual score of every product at once (a full scan): the searcher
-    # then blends the name score into all of them instead of asking for candidates.
+    # then fuses the BM25 score into all of them instead of asking for candidates.
     SCORES_EVERY_PRODUCT = "scores_every_product"
 
 

@@ -148,12 +148,12 @@ class FaissStore(VectorStore):
 
     @property
     def blend_pool(self) -> int:
-        # An IVF search filtered to a name level costs about one unfiltered search, less than
+        # An IVF search filtered to some products costs about one unfiltered search, less than
         # re-scoring a wide pool's oversampled candidates: no pool beyond the n asked for.
         return 0 if self.entry["kind"].startswith("ivf") else VectorStore.blend_pool
 
     def top_among(self, query: np.ndarray, rows: np.ndarray, k: int) -> Hits:
-        """The k best of some products (a filter's, a name level's): a small set is scored exactly;
+        """The k best of some products (a filter's, a text's lexical matches): a small set is scored exactly;
         a large one is searched with an ID selector, and where the search finds fewer than k of
         them (an IVF list holding few, an HNSW walk the selector starves) they are scored exactly."""
         if len(rows) <= GATHER_LIMIT:

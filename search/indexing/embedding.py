@@ -76,9 +76,35 @@ def models_fingerprint(embedder, garments) -> str:
     return hashlib.sha256(json.dumps([embedder.identity, garments.identity], sort_keys=True).encode()).hexdigest()
 
 
+class WorkerModelsError(RuntimeError):
+    """A worker (process or Ray actor) has not the build's models: they cannot load, or they are
+    others. Certain, unlike a lost node: every batch it took would fail the same way, so none is
+    retried."""
+
+
 def check_same_models(fingerprints, expected: str, who: str) -> None:
     """A worker (process or Ray actor) must have loaded the build's models, or its vectors and the
     index's recorded identity would disagree."""
     if set(fingerprints) != {expected}:
-        raise RuntimeError(f"a {who} loaded other models than the build's; check that every {who} sees the same "
-                           "CLIP_* / BG_* settings and weights")
+        raise WorkerModelsError(f"a {who} loaded other models than the build's; check that every {who} sees the "
+                                "same CLIP_* / BG_* settings and weights")
+
+
+def load_worker_models(models: BuildModels, expected: str, who: str) -> tuple | Exception:
+    """A worker's (embedder, garments, fingerprint), checked to be the build's (`expected`), or the
+    exception each of its batches raises instead: a bg service that cannot be reached (its
+    GarmentServiceError, which the CLI reports), models that cannot load, or other models."""
+    from search.garments import GarmentServiceError
+
+    try:
+        embedder, garments = models.load()
+        fingerprint = models_fingerprint(embedder, garments)  # a bg service's identity: a request
+    except GarmentServiceError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - a model that cannot load, said with its reason
+        return WorkerModelsError(f"a {who} could not load the build's models: {type(exc).__name__}: {exc}")
+    try:
+        check_same_models([fingerprint], expected, who)
+    except WorkerModelsError as exc:
+        return exc
+    return embedder, garments, fingerprint

@@ -39,7 +39,9 @@ another index's vectors.
 Queries (every score is a true cosine: IP on normalised vectors, or converted from COSINE/L2):
     top         max/mean pooling: an ANN search of the products collection, limit k.
                 score-max: a grouping search of the images collection (group_by product): each
-                product scores as its best image.
+                product scores as its best image. Milvus 2.3 has no grouping (it ignores
+                group_by): there the search asks for k x the most images a product has and keeps
+                each product's best (groups_by, from the server's version).
                 With a filter (search.filters.ProductFilter): the same search with a Milvus
                 expression built from its Conditions (filter_expression), never from request
                 text: field names from the mapping only, strings through quote(), numbers as the
@@ -76,11 +78,19 @@ IVF with nprobe = max(IVF_NPROBE_MIN, nlist / 8). On 100k random 512-d vectors i
 (HNSW M=16): recall@10 0.98, recall@100 0.97.
 
 Faults: the client is created on first use, every call has MILVUS_TIMEOUT, and any failure (server
-down, collection missing or from another index) raises VectorStoreError("Milvus at <uri> ...") for
-readiness (503 with the reason) and requests (503). A worker starts while Milvus is down; the next
-call after Milvus comes back reconnects (and re-loads the collections if Milvus forgot them).
+down or hung, collection missing, not loaded, or from another index) raises VectorStoreError("Milvus
+at <uri> ...") for readiness (503 with the reason) and requests (503). A worker starts while Milvus
+is down. After a failed call the client is dropped and the next call connects again: one connect at
+a time, in a background thread, that callers wait for at most MILVUS_TIMEOUT (during an outage they
+fail at once with the last reason), so a hung server never holds a request longer than that, nor a
+lock. The connect verifies the collections (a missing one: the publish command to run; one still
+loading after a restart: said so) and loads those not loaded (Milvus Lite forgets loads on restart).
+Each store has its own connection (dedicated): close() closes only that, so a store opened for a new
+generation and the old one it replaces share a server and collections safely; opening verifies,
+never creates, reloads or releases a collection.
 Milvus Lite serves a .db folder to one process only: for several workers run `milvus-lite server
---data-dir DIR` and point MILVUS_URI at http://127.0.0.1:19530.
+--data-dir DIR` and point MILVUS_URI at http://127.0.0.1:19530. docs/milvus.md: a real server, the
+faults measured against it and what the service answers.
 """
 from __future__ import annotations
 
@@ -89,6 +99,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -124,20 +135,54 @@ IVF_NPROBE_MIN = 32
 QUANTISED = ("SQ", "PQ", "RABITQ", "SCANN", "DISKANN")  # index types with approximate distances
 METRICS = ("IP", "COSINE", "L2")
 RECONNECT_PAUSE_S = 1.0  # after a failed connect, requests fail fast this long
-NOT_LOADED = 101  # Milvus' CollectionNotLoaded code: Milvus Lite forgets loads on restart
+COLLECTION_MISSING = 100  # Milvus' CollectionNotExists code: dropped under the service
 _COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
 
 
 # --------------------------------------------------------------------------- shared with indexing/publish
 
 
+# What pymilvus reads from the environment when it is imported (pymilvus/settings.py): its ORM's
+# default connection, which parses MILVUS_URI and refuses a .db path ("Illegal uri") - the value
+# this service documents for Milvus Lite - or a bad MILVUS_CONN_TIMEOUT. MilvusClient never uses
+# them (every client here gets its uri), so they are hidden while pymilvus is imported.
+PYMILVUS_IMPORT_ENV = ("MILVUS_URI", "MILVUS_DEFAULT_CONNECTION", "MILVUS_CONN_ALIAS", "MILVUS_CONN_TIMEOUT")
+# pymilvus also calls python-dotenv's load_dotenv() at import: a .env file found walking up from
+# its install folder (a venv inside the repo: the repo's .env, compose's file) would be loaded into
+# os.environ. The service's settings come from its own environment only.
+DOTENV_SWITCH = "PYTHON_DOTENV_DISABLED"
+_pymilvus_module = None
+_pymilvus_lock = threading.Lock()
+
+
 def pymilvus():
-    try:
-        import pymilvus as module
-    except ImportError as exc:
-        raise VectorStoreError(f"SEARCH_BACKEND=milvus needs pymilvus installed "
-                               f"(pip install 'pymilvus[milvus-lite]'): {exc}") from None
-    return module
+    """The pymilvus module, imported once with PYMILVUS_IMPORT_ENV hidden and .env loading off;
+    the environment is put back exactly as it was (a .env that set one of them is undone too)."""
+    global _pymilvus_module
+    if _pymilvus_module is not None:
+        return _pymilvus_module
+    with _pymilvus_lock:
+        if _pymilvus_module is None:
+            names = (*PYMILVUS_IMPORT_ENV, DOTENV_SWITCH)
+            saved = {name: os.environ.get(name) for name in names}
+            for name in PYMILVUS_IMPORT_ENV:
+                os.environ.pop(name, None)
+            os.environ[DOTENV_SWITCH] = "1"
+            try:
+                import pymilvus as module
+            except ImportError as exc:
+                raise VectorStoreError(f"SEARCH_BACKEND=milvus needs pymilvus installed "
+                                       f"(pip install 'pymilvus[milvus-lite]'): {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - pymilvus failed at import: say so, not a traceback
+                raise VectorStoreError(f"pymilvus failed to import: {_reason(exc)}") from None
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+            _pymilvus_module = module
+    return _pymilvus_module
 
 
 def check_uri(uri: str | None) -> str:
@@ -333,6 +378,13 @@ def identity_mismatch(remote: dict, local: dict) -> str | None:
     return None
 
 
+def groups_by(server_version: str) -> bool:
+    """Whether a Milvus of this version answers grouping searches: "v2.3.5" does not (grouping came
+    with 2.4), "v2.4.x" and later do, and so does Milvus Lite ("milvus_lite-3.2.2")."""
+    found = re.match(r"v?(\d+)\.(\d+)", str(server_version))
+    return found is None or (int(found[1]), int(found[2])) >= (2, 4)
+
+
 def read_property(description: dict, key: str) -> dict | None:
     value = (description.get("properties") or {}).get(key)
     try:
@@ -375,15 +427,25 @@ class MilvusStore(VectorStore):
         self.token = settings.milvus_token or ""
         self.timeout = float(settings.milvus_timeout)
         self.names = collection_names(index, settings.milvus_collection)
+        self.collection_base = settings.milvus_collection  # None: derived from the index
         self.identity = local_identity(index)
         self.fields = field_mapping(index.attributes.types)  # the filter fields the collections must have
         self.score_max = index.pooling == "score-max"
         self._client = None
         self._failure: tuple[float, VectorStoreError | None] = (0.0, None)  # last failed connect
+        # Guards the connection state below; never held during a Milvus call.
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a connect attempt ended, or close()
+        self._connecting: threading.Thread | None = None  # the connect attempt in flight
+        self._attempts = 0  # connect attempts ended so far
+        self._closed = False
         self._index_info: dict = {}  # the vector index of the collection searched
         self._published: dict = {}
         self._warned_unknown = False
+        # score-max: whether the server answers grouping searches (group_by_field: Milvus 2.4+
+        # and Milvus Lite; Milvus 2.3 ignores it and returns images, several per product).
+        self._groups = True
+        self._most_images = max(1, int(index.counts.max())) if len(index.counts) else 1
         # pymilvus logs every failed call with a traceback; the reason is in our error instead.
         logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
 
@@ -420,6 +482,8 @@ class MilvusStore(VectorStore):
                         "`milvus-lite server --data-dir DIR` and set MILVUS_URI=http://127.0.0.1:19530)")
             raise VectorStoreError(f"Milvus at {self.shown_uri} is unreachable: {_reason(exc)}{hint}") from None
         try:
+            if self.score_max:
+                self._groups = groups_by(client.get_server_version(timeout=self.timeout))
             self._verify(client)
         except BaseException:
             _close(client)
@@ -433,7 +497,7 @@ class MilvusStore(VectorStore):
                 if not client.has_collection(name, timeout=self.timeout):
                     raise VectorStoreError(
                         f"Milvus at {self.shown_uri} has no collection {name}; publish the index with "
-                        f"`python -m search.index publish --index {self.index.directory} --milvus {self.shown_uri}`")
+                        f"{self._publish_command()}")
                 description = client.describe_collection(name, timeout=self.timeout)
                 remote = read_property(description, IDENTITY_PROPERTY)
                 why = "it has no identity (not published by search.index publish)" if remote is None \
@@ -445,13 +509,20 @@ class MilvusStore(VectorStore):
                 if why:  # the same vectors, other attributes (a feed gained or lost one): fixed by a publish
                     raise VectorStoreError(
                         f"Milvus collection {name} at {self.shown_uri} does not hold this index's filter fields "
-                        f"({why}); re-publish it: `python -m search.index publish --index {self.index.directory} "
-                        f"--milvus {self.shown_uri} --replace`")
+                        f"({why}); re-publish it: {self._publish_command(replace=True)}")
                 if kind == ("images" if self.score_max else "products"):
                     self._index_info = read_property(description, INDEX_PROPERTY) or {}
+                    # Informative only: Milvus 2.3 persists each property change one change late,
+                    # so a restarted 2.3 server has forgotten the last one (this, written last).
                     self._published = read_property(description, PUBLISHED_PROPERTY) or {}
-                state = client.get_load_state(name, timeout=self.timeout).get("state")
-                if str(getattr(state, "name", state)) != "Loaded":
+                load = client.get_load_state(name, timeout=self.timeout)
+                state = str(getattr(load.get("state"), "name", load.get("state")))
+                if state == "Loading":  # waiting here would hold the connect: say so, try again later
+                    raise VectorStoreError(
+                        f"Milvus at {self.shown_uri} is still loading collection {name} "
+                        f"({load.get('progress', 0)}%): a publish loading it, or a restarted server, which loads "
+                        "it again once the old process's sessions in etcd expire (common.session.ttl)")
+                if state != "Loaded":  # only what is not loaded: a loaded collection is never reloaded
                     client.load_collection(name, timeout=self.timeout)
             except VectorStoreError:
                 raise
@@ -468,27 +539,68 @@ class MilvusStore(VectorStore):
     def _searched(self) -> str:
         return self.names["images" if self.score_max else "products"]
 
-    def _drop(self) -> None:
+    def _drop(self, client, *, grace_s: float = 0.0) -> None:
+        """Forget `client` (if it is still the current one) and close it, in the background: a
+        close waits on pymilvus' process-wide connection lock, which a connect to a hung server
+        holds for up to MILVUS_TIMEOUT. `grace_s`: calls other requests still make on it end first."""
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            _close(client)
+            current = client is not None and self._client is client
+            if current:
+                self._client = None
+        if current:  # else another caller dropped it (and closes it) already
+            _close_later(client, grace_s)
 
     def _connected(self, *, retry_now: bool = False):
+        """The client, connecting when there is none. One connect at a time runs, in a thread of
+        its own; a caller waits for it at most MILVUS_TIMEOUT, so no request (nor any lock) is held
+        longer than that by a server that hangs. During an outage (a failure known, the last
+        connect failed less than RECONNECT_PAUSE_S ago or one is in flight) requests fail at once
+        with the last reason; readiness (check, retry_now) always waits for a fresh attempt."""
+        deadline = time.monotonic() + self.timeout
         with self._lock:
-            if self._client is None:
-                # Requests during an outage fail at once with the last reason instead of each
-                # waiting out a connect; readiness (check) always tries again.
+            waited_for = None  # the count of finished attempts when this call began to wait
+            while True:
+                if self._client is not None:
+                    return self._client
+                if self._closed:
+                    raise VectorStoreError(f"the Milvus store for {self.shown_uri} is closed")
                 failed_at, failure = self._failure
-                if failure is not None and not retry_now and time.monotonic() - failed_at < RECONNECT_PAUSE_S:
-                    raise type(failure)(str(failure))
-                try:
-                    self._client = self._connect()
-                except VectorStoreError as exc:
-                    self._failure = (time.monotonic(), exc)
-                    raise
-                self._failure = (0.0, None)
-            return self._client
+                if waited_for is not None and self._attempts != waited_for and failure is not None:
+                    raise type(failure)(str(failure))  # the attempt this call waited for failed
+                if self._connecting is None:
+                    if failure is not None and not retry_now and time.monotonic() - failed_at < RECONNECT_PAUSE_S:
+                        raise type(failure)(str(failure))
+                    self._connecting = threading.Thread(target=self._connect_in_background, daemon=True,
+                                                        name="milvus-connect")
+                    self._connecting.start()
+                elif failure is not None and not retry_now and waited_for is None:
+                    raise type(failure)(f"{failure} (reconnecting)")
+                waited_for = self._attempts
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    last = f"; last failure: {failure}" if failure is not None else ""
+                    raise VectorStoreError(f"Milvus at {self.shown_uri} did not answer a connect within "
+                                           f"MILVUS_TIMEOUT ({self.timeout:g} s){last}")
+                self._changed.wait(remaining)
+
+    def _connect_in_background(self) -> None:
+        client, failure = None, None
+        try:
+            client = self._connect()
+        except VectorStoreError as exc:
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - a thread must not die with a traceback
+            failure = VectorStoreError(f"Milvus at {self.shown_uri}: connect failed: {_reason(exc)}")
+        with self._lock:
+            self._connecting = None
+            self._attempts += 1
+            if client is not None and not self._closed:
+                self._client, self._failure, client = client, (0.0, None), None
+            elif failure is not None:
+                self._failure = (time.monotonic(), failure)
+            self._changed.notify_all()
+        if client is not None:  # closed meanwhile
+            _close(client)
 
     def _call(self, what: str, fn):
         """fn(client) with the connection made on demand; failures become VectorStoreError."""
@@ -496,15 +608,25 @@ class MilvusStore(VectorStore):
         try:
             return fn(client)
         except Exception as exc:  # noqa: BLE001
-            if getattr(exc, "code", None) == NOT_LOADED:  # Milvus restarted and forgot the load
-                try:
-                    for name in self.names.values():
-                        client.load_collection(name, timeout=self.timeout)
-                    return fn(client)
-                except Exception as again:  # noqa: BLE001
-                    exc = again
-            self._drop()  # the next call reconnects and verifies again
-            raise VectorStoreError(f"Milvus at {self.shown_uri}: {what} failed: {_reason(exc)}") from None
+            # Whatever failed (a collection not loaded after a restart included), the next call
+            # connects again and _verify says why or loads what is not loaded - in the background.
+            error = self._call_error(what, exc)
+            self._drop(client, grace_s=self.timeout)
+            raise error from None
+
+    def _call_error(self, what: str, exc: Exception) -> VectorStoreError:
+        reason = _reason(exc)
+        if getattr(exc, "code", None) == COLLECTION_MISSING or "collection not found" in reason.lower():
+            return VectorStoreError(f"Milvus at {self.shown_uri}: {what} failed: {reason}; the collections "
+                                    f"{' and '.join(self.names.values())} may have been dropped: publish the index "
+                                    f"with {self._publish_command()}")
+        return VectorStoreError(f"Milvus at {self.shown_uri}: {what} failed: {reason}")
+
+    def _publish_command(self, *, replace: bool = False) -> str:
+        """The command that publishes this index where this store looks for it."""
+        collection = f" --collection {self.collection_base}" if self.collection_base else ""
+        return (f"`python -m search.index publish --index {self.index.directory} --milvus {self.shown_uri}"
+                f"{collection}{' --replace' if replace else ''}`")
 
     def check(self) -> None:
         """Connects if needed and verifies the collections again (they may have been dropped or
@@ -517,11 +639,19 @@ class MilvusStore(VectorStore):
         try:
             self._verify(client)
         except VectorStoreError:
-            self._drop()
+            self._drop(client, grace_s=self.timeout)
             raise
 
     def close(self) -> None:
-        self._drop()
+        """Closes this store's own connection only (dedicated: no other store shares it). The
+        collections stay as they are - loaded, not released - for the other stores of this
+        process or others (a generation swap opens the new store before it closes the old one)."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+            self._changed.notify_all()
+        if client is not None:
+            _close_later(client, 0.0)
 
     def describe(self) -> dict:
         info = self._index_info
@@ -549,13 +679,17 @@ class MilvusStore(VectorStore):
         metric = info.get("metric", "IP")
         rescore = any(q in str(info.get("index_type", "")).upper() for q in QUANTISED)
         collection = self._searched
-        kwargs = {"group_by_field": "product"} if self.score_max else {}
         outputs = ["product", "vector"] if rescore else ["product"] if self.score_max else ["digest"]
 
         def run(client):
+            limit, kwargs = k, {}
+            if self.score_max and self._groups:
+                kwargs = {"group_by_field": "product"}
+            elif self.score_max:  # no grouping there: enough images for k products, best kept below
+                limit = min(MAX_TOPK, k * self._most_images)
             result = client.search(
-                collection, data=[query.tolist()], limit=k, output_fields=outputs, filter=where,
-                search_params={"metric_type": metric, "params": search_params(info, k, share)},
+                collection, data=[query.tolist()], limit=limit, output_fields=outputs, filter=where,
+                search_params={"metric_type": metric, "params": search_params(info, limit, share)},
                 timeout=self.timeout, **kwargs)
             return result[0] if result else []
 
@@ -566,7 +700,14 @@ class MilvusStore(VectorStore):
             scores = vectors @ query if len(found) else np.zeros(0, np.float32)
         else:
             scores = cosine_from(metric, [hit["distance"] for hit in found])
-        return keys, np.asarray(scores, np.float32)
+        scores = np.asarray(scores, np.float32)
+        if self.score_max:  # a product scores as its best image (a server that ignored group_by)
+            best: dict[str, float] = {}
+            for key, score in zip(keys, scores.tolist(), strict=True):
+                if score > best.get(key, -math.inf):
+                    best[key] = score
+            keys, scores = list(best), np.asarray(list(best.values()), np.float32)
+        return keys, scores
 
     def _hits(self, keys: list[str], scores: np.ndarray, k: int) -> Hits:
         rows = [self.index.products.find(key) for key in keys]
@@ -726,3 +867,11 @@ def _reason(exc: Exception) -> str:
 def _close(client) -> None:
     with contextlib.suppress(Exception):  # closing a broken connection may fail too
         client.close()
+
+
+def _close_later(client, delay_s: float) -> None:
+    """Close the client in a daemon thread, after delay_s (0: now), never in the caller's."""
+    timer = threading.Timer(delay_s, _close, args=(client,))
+    timer.daemon = True
+    timer.start()
+

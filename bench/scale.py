@@ -386,6 +386,7 @@ def write_generated_index(out: Path, generator, n: int, identity: dict, catalog:
     writes, not a memory map, so the process holds one chunk (not 12 GB of dirty mapped pages).
     The product arrays (ids, names, records, BM25, attributes) come from the library's helpers."""
     from search.index_format import FORMAT_VERSION, new_generation_name, write_meta
+    from search.index_guard import READERS_FILE
 
     out.mkdir(parents=True, exist_ok=True)
     generation = new_generation_name()
@@ -423,6 +424,7 @@ def write_generated_index(out: Path, generator, n: int, identity: dict, catalog:
         np.save(folder / f"{name}.npy", array, allow_pickle=False)
     _write_rows(folder / "image_sha256.npy", (images_n, 32), np.uint8)  # builder-only: sparse zeros
     _write_rows(folder / "thumbs.npy", (images_n, 256), np.float32)
+    (folder / READERS_FILE).touch()  # as write_index: serving workers hold the generation through it
     meta = {"format_version": FORMAT_VERSION, "generation": generation, "catalog_kind": "folders", "embedder": identity,
             "garment_pipeline": {}, "embed_dim": generator.dim, "pooling": "max", "catalog_dir": str(catalog),
             "catalog_fingerprint": "synthetic", "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

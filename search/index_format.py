@@ -100,8 +100,10 @@ def _advise(array: np.ndarray, advice: int) -> None:
 def _all_finite(matrix: np.ndarray) -> bool:
     """NaN/inf check a block of rows at a time, through sums (a NaN or inf makes its block's sum
     non-finite): no temporary array, so a memory-mapped matrix is never copied, and no large
-    malloc/free that would raise glibc's mmap threshold and strand freed model memory in the heap."""
-    return all(np.isfinite(matrix[start:start + FINITE_CHECK_ROWS].sum(dtype=np.float64))
+    malloc/free that would raise glibc's mmap threshold and strand freed model memory in the heap.
+    Summed in float32 (5x faster than float64 at 1M products): unit rows cannot overflow it, and a
+    row of values so large that they do is refused as well."""
+    return all(np.isfinite(matrix[start:start + FINITE_CHECK_ROWS].sum(dtype=np.float32))
                for start in range(0, matrix.shape[0], FINITE_CHECK_ROWS))
 
 
@@ -193,20 +195,7 @@ class Index:
 
     def check_compatible(self, identity: dict) -> None:
         """Refuse an index whose vectors came from other weights than the ones loaded now."""
-        built = self.meta.get("embedder", {})
-        for key in ("model", "pretrained", "seed"):
-            if built.get(key) != identity.get(key):
-                raise IndexLoadError(
-                    f"index was built with {key}={built.get(key)!r} but the service runs "
-                    f"{key}={identity.get(key)!r}; rebuild the index or fix CLIP_MODEL/CLIP_PRETRAINED"
-                )
-        old, new = np.asarray(built.get("probe") or [], np.float32), np.asarray(identity["probe"], np.float32)
-        # Same names, other weights (a retrained file, another seed): the probe text's embedding
-        # moves. Compared by cosine so float noise between CPUs does not matter.
-        if old.shape != new.shape or float(old @ new) < PROBE_MIN_COSINE:
-            raise IndexLoadError(
-                "index was built with different weights (probe embedding differs); rebuild the index"
-            )
+        check_built_with(self.meta, identity)
 
     def visual_scores(self, query: np.ndarray) -> np.ndarray:
         """Cosine score of every product. score-max takes each product's best image (reads every
@@ -308,18 +297,49 @@ class Index:
                    StringTable(a["product_records.utf8"], a["product_records.offsets"]),
                    lexical, attributes, builder, garments)
 
-    def missing_images(self, catalog: Path, limit: int = 5) -> tuple[int, list[str]]:
-        """How many of the index's local images are not files under `catalog` (the catalog folder,
-        or a feed's folder), and the first few. A feed's URL images are not looked for."""
-        missing, examples = 0, []
-        for product in range(len(self.products)):
-            for row in self.image_rows(product):
-                relpath = self.image_relpath(row, product)
-                if not is_remote(relpath) and not os.path.isfile(catalog / relpath):
-                    missing += 1
-                    if len(examples) < limit:
-                        examples.append(relpath)
-        return missing, examples
+    def missing_images(self, catalog: Path, rows=None, limit: int = 5) -> tuple[int, int, list[str]]:
+        """Of the image rows given (every row when None), how many are local files looked for,
+        how many of those are not files under `catalog` (the catalog folder, or a feed's folder),
+        and the first few missing. A feed's URL images are not looked for."""
+        rows = range(len(self.image_files)) if rows is None else rows
+        checked, missing, examples = 0, 0, []
+        for row in rows:
+            relpath = self.image_relpath(int(row))
+            if is_remote(relpath):
+                continue
+            checked += 1
+            if not os.path.isfile(catalog / relpath):
+                missing += 1
+                if len(examples) < limit:
+                    examples.append(relpath)
+        return checked, missing, examples
+
+    def sample_rows(self, count: int) -> np.ndarray:
+        """`count` image rows spread evenly over the index (every one when it has fewer): what a
+        worker checks at start, in O(count) whatever the catalog's size."""
+        total = len(self.image_files)
+        return np.unique(np.linspace(0, total - 1, min(count, total)).astype(np.int64)) if count else np.zeros(0, np.int64)
+
+    def image_path(self, catalog: Path, row: int) -> Path | None:
+        """Where the image row's file is under `catalog`; None for a feed's URL image."""
+        relpath = self.image_relpath(row)
+        return None if is_remote(relpath) else catalog / relpath
+
+
+def check_built_with(meta: dict, identity: dict) -> None:
+    """Refuse an index (its meta.json) whose vectors came from other weights than `identity`'s."""
+    built = meta.get("embedder", {})
+    for key in ("model", "pretrained", "seed"):
+        if built.get(key) != identity.get(key):
+            raise IndexLoadError(
+                f"index was built with {key}={built.get(key)!r} but the service runs "
+                f"{key}={identity.get(key)!r}; rebuild the index or fix CLIP_MODEL/CLIP_PRETRAINED"
+            )
+    old, new = np.asarray(built.get("probe") or [], np.float32), np.asarray(identity["probe"], np.float32)
+    # Same names, other weights (a retrained file, another seed): the probe text's embedding
+    # moves. Compared by cosine so float noise between CPUs does not matter.
+    if old.shape != new.shape or float(old @ new) < PROBE_MIN_COSINE:
+        raise IndexLoadError("index was built with different weights (probe embedding differs); rebuild the index")
 
 
 def is_remote(file: str) -> bool:
@@ -328,6 +348,16 @@ def is_remote(file: str) -> bool:
 
 
 # --------------------------------------------------------------------------- writing
+
+# Every write below runs under the index folder's writer_lock (search/index_guard.py): one writer
+# at a time, and what a crashed one left is removed by the next.
+from search.index_guard import (  # noqa: E402 - the writers' part of the format
+    READERS_FILE,
+    remove_unused_generations,
+    staged_path,
+    sync_folder,
+    writer_lock,
+)
 
 
 @dataclass
@@ -372,22 +402,39 @@ def filterable_values(record: Mapping) -> dict:
     return record_values(record, FILTERABLE_TEXT)
 
 
-def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations: int = 2,
-                extra=None) -> dict:
+def write_index(out: Path, content: IndexArrays, meta: dict, *, extra=None) -> dict:
     """Write a new generation, then switch meta.json to it atomically; returns the meta written.
     `extra(folder)` may add files to the generation before the switch (the approximate index)
-    and returns entries for meta.json."""
+    and returns entries for meta.json. Holds the folder's writer_lock (nested in a command's own);
+    after the switch every other generation no process holds is removed."""
     keys = list(content.product_names)
     if keys != sorted(keys) or len(set(keys)) != len(keys):
         raise ValueError("product keys (names, or a feed's ids) must be unique and sorted")
     records = list(content.product_records or ({"id": key, "name": key, "attributes": {}} for key in keys))
     if [r["id"] for r in records] != keys:
         raise ValueError("product records must be in product order")
-    names = [r["name"] for r in records]
-    out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out, "write_index"):
+        return _write_generation(Path(out), content, meta, keys, records, extra)
+
+
+def _write_generation(out: Path, content: IndexArrays, meta: dict, keys: list, records: list, extra) -> dict:
     generation = new_generation_name()
     folder = out / generation
     folder.mkdir()
+    try:
+        meta = _fill_generation(folder, content, meta, keys, records, extra)
+    except BaseException:  # a failed write leaves no half generation (a killed one: the next writer removes it)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    sync_folder(out)  # the generation's folder is on disk before meta.json can name it
+    write_meta(out, meta)  # the switch: one atomic rename
+    remove_unused_generations(out, generation)
+    return meta
+
+
+def _fill_generation(folder: Path, content: IndexArrays, meta: dict, keys: list, records: list, extra) -> dict:
+    """The generation's arrays, the extra files and its .readers file, all synced; returns its meta."""
+    names = [r["name"] for r in records]
     starts = np.zeros(len(names) + 1, np.int64)
     np.cumsum(content.counts, out=starts[1:])
     arrays = {
@@ -413,12 +460,15 @@ def write_index(out: Path, content: IndexArrays, meta: dict, *, keep_generations
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
-    meta = {"format_version": FORMAT_VERSION, "generation": generation,
+    meta = {"format_version": FORMAT_VERSION, "generation": folder.name,
             "catalog_kind": "feed" if content.product_records is not None else "folders", **meta,
             "attributes": fields, "lexical": {"language": content.lexical_language},
             "products": len(names), "images": int(starts[-1]), **(extra(folder) if extra else {})}
-    write_meta(out, meta)  # the switch: one atomic rename
-    _drop_old_generations(out, keep_generations)
+    # Readers hold a generation through this file (search/index_guard.py): it exists before any
+    # reader can learn the generation's name, so every reader of it can be seen.
+    with open(folder / READERS_FILE, "wb") as fh:
+        os.fsync(fh.fileno())
+    sync_folder(folder)
     return meta
 
 
@@ -428,11 +478,20 @@ def ann_file_name(kind: str) -> str:
 
 
 def replace_file(path: Path, write) -> None:
-    """Write a file atomically: `write(staged)` writes it beside `path` (a hidden name), then one
-    rename puts it in place, so a reader sees the old file or the new one, never a part."""
-    staged = path.with_name(f".{path.name}.tmp")
-    write(staged)
-    os.replace(staged, path)
+    """Write a file atomically: `write(staged)` writes it beside `path` (a hidden name unique to
+    this call), then it is synced and one rename puts it in place, so a reader sees the old file
+    or the new one, never a part. Call it holding the folder's writer_lock."""
+    path = Path(path)
+    staged = staged_path(path)
+    try:
+        write(staged)
+        with open(staged, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
 
 
 def new_generation_name() -> str:
@@ -441,13 +500,20 @@ def new_generation_name() -> str:
 
 
 def write_meta(index_dir: Path, meta: dict) -> None:
-    """Replace meta.json atomically: written and synced beside it, then renamed over it."""
-    staged = Path(index_dir) / ".meta.json.tmp"
-    with open(staged, "w") as fh:
-        json.dump(meta, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(staged, Path(index_dir) / "meta.json")
+    """Replace meta.json atomically: written and synced beside it (a name unique to this call),
+    renamed over it, then the folder synced. Call it holding the folder's writer_lock."""
+    index_dir = Path(index_dir)
+    staged = staged_path(index_dir / "meta.json")
+    try:
+        with open(staged, "w") as fh:
+            json.dump(meta, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(staged, index_dir / "meta.json")
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    sync_folder(index_dir)
 
 
 def read_meta(index_dir: Path) -> dict | None:
@@ -456,18 +522,22 @@ def read_meta(index_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def update_meta(index_dir: Path, **changes) -> dict:
-    """Change top-level meta.json entries of an index atomically."""
-    meta = {**json.loads((Path(index_dir) / "meta.json").read_text()), **changes}
-    write_meta(index_dir, meta)
+class GenerationChanged(Exception):
+    """meta.json names another generation than the one a change was made for (a build switched
+    the index meanwhile): nothing was changed."""
+
+
+def update_meta(index_dir: Path, *, expect_generation: str | None = None, **changes) -> dict:
+    """Change top-level meta.json entries of an index atomically, under its writer_lock. With
+    `expect_generation` (compare-and-set), only while meta.json still names that generation:
+    GenerationChanged otherwise, and meta.json is left as it is."""
+    with writer_lock(index_dir, "update_meta"):
+        current = json.loads((Path(index_dir) / "meta.json").read_text())
+        if expect_generation is not None and current.get("generation") != expect_generation:
+            raise GenerationChanged(
+                f"the index at {index_dir} is now generation {current.get('generation')}, not {expect_generation} "
+                f"that this change was made for (a build replaced it meanwhile); meta.json was left as it is: "
+                f"run the command again (e.g. `python -m search.index ann --index {index_dir} --ann KIND`)")
+        meta = {**current, **changes}
+        write_meta(index_dir, meta)
     return meta
-
-
-def _drop_old_generations(out: Path, keep: int) -> None:
-    """Remove all but the newest `keep` generation folders (workers may still map the previous
-    one). Newest by creation order, never the one meta.json names."""
-    current = json.loads((out / "meta.json").read_text()).get("generation")
-    generations = sorted((p for p in out.glob("gen-*") if p.is_dir()), key=lambda p: p.stat().st_mtime_ns)
-    for old in generations[:-keep]:
-        if old.name != current:
-            shutil.rmtree(old, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,10 @@ class OnnxTextEncoder:
 
 
 def export_dir(config, index_dir: str | Path | None = None) -> Path:
-    """Where the text-encoder export of an index is read: SEARCH_TEXT_ENCODER_DIR, or the index's own."""
-    return Path(config.text_encoder_dir or Path(index_dir or config.index_dir) / EXPORT_DIRNAME)
+    """Where the text-encoder export of an index is read: SEARCH_TEXT_ENCODER_DIR, or the index's own.
+    Resolved once: the path is a symlink an export flips to its new version (search/indexing/export.py),
+    so every file is read from the one version it named now."""
+    return Path(os.path.realpath(config.text_encoder_dir or Path(index_dir or config.index_dir) / EXPORT_DIRNAME))
 
 
 def open_text_encoder(clip, mode: str, directory: Path, *, torch_encoder=None, keep_image_tower: bool = False):

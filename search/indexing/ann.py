@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from search.index_format import Index, ann_file_name, replace_file, update_meta
+from search.index_guard import writer_lock
 from search.vectors.faiss_ann import faiss_module
 
 ANN_KINDS = ("hnsw", "ivf-pq", "ivf-flat", "flat-fp16")
@@ -83,10 +84,15 @@ def ann_source(image_embeddings: np.ndarray, product_embeddings: np.ndarray, poo
 
 
 def build_ann(index_dir: Path, kind: str, params: dict | None = None, *, progress: bool = True) -> dict:
-    """Add (or replace) the approximate index of an existing index: written into its current
-    generation folder, then recorded in meta.json atomically. Returns the meta entry."""
-    index = Index.load(index_dir)
-    vectors, over = ann_source(index.image_embeddings, index.product_embeddings, index.pooling)
-    entry = build_ann_file(vectors, over, kind, params, index.generation_dir / ann_file_name(kind), progress=progress)
-    update_meta(index_dir, ann=entry)
+    """Add (or replace) the approximate index of an existing index: written into the folder of
+    the generation it was built from, then recorded in meta.json atomically, only if meta.json
+    still names that generation (GenerationChanged otherwise). Holds the index's writer_lock
+    (nested in the command's own). Returns the meta entry."""
+    with writer_lock(index_dir, "ann"):
+        index = Index.load(index_dir)
+        generation = index.meta["generation"]
+        vectors, over = ann_source(index.image_embeddings, index.product_embeddings, index.pooling)
+        entry = build_ann_file(vectors, over, kind, params, Path(index_dir) / generation / ann_file_name(kind),
+                               progress=progress)
+        update_meta(index_dir, expect_generation=generation, ann=entry)
     return entry

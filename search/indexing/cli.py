@@ -3,8 +3,13 @@
     python -m search.index build --catalog CATALOG_DIR --out INDEX_DIR [--update] [--pooling max] [--ann hnsw]
     python -m search.index build --feed FEED.jsonl|FEED.csv --out INDEX_DIR [--schema S.json] [--max-bad-rows N]
     python -m search.index info --index INDEX_DIR
+    python -m search.index verify --index INDEX_DIR [--decode]   # every image and vector, offline
     python -m search.index ann --index INDEX_DIR --ann hnsw        # FAISS index for SEARCH_BACKEND=faiss
     python -m search.index publish --index INDEX_DIR --milvus URI  # vectors to Milvus (SEARCH_BACKEND=milvus)
+
+Writers (build, ann, publish, and `python -m search.export`) hold the index folder's writer lock for
+the whole command: a second one says which command holds it and waits; with --no-wait it exits
+with status 2 instead (docs/index-writers.md).
 
 Catalog: one folder per product (folder name = product name), any number of images inside. Or a
 shop's feed (search/indexing/feed.py): one row per product with an id, a name, image URLs or paths,
@@ -31,19 +36,24 @@ from pathlib import Path
 
 from search.config import SearchConfig
 from search.garments import GarmentServiceError
-from search.index_format import POOLINGS, Index
+from search.index_format import POOLINGS, GenerationChanged, Index, IndexLoadError
+from search.index_guard import WriterBusy, writer_lock
 from search.indexing.ann import ANN_KINDS, build_ann
 from search.indexing.builder import build_index
-from search.indexing.embedding import BuildModels
+from search.indexing.embedding import BuildModels, WorkerModelsError
 from search.indexing.feed import FeedError
 from search.indexing.feed_catalog import describe_types, load_feed_catalog
 from search.indexing.remote_images import ImageFetchError
 from search.lexical import LANGUAGES
+from search.indexing.ray_build import RayBuildError
 from search.indexing.publish import PublishError, key_value, publish, register
+from search.indexing.verify import register as register_verify
 from search.indexing.report import garment_summary, garment_summary_line, print_report
 from search.text_encoder import EXPORT_DIRNAME, EXPORT_META
 from shared.garment_vocabulary import Vocabulary
 from shared.settings import exit_on_bad_settings
+
+NO_WAIT_HELP = "when another writer holds the index folder, exit with status 2 instead of waiting for it"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,20 +109,35 @@ def main(argv: list[str] | None = None) -> int:
                        help="also build a FAISS approximate index (SEARCH_BACKEND=faiss); --update keeps the previous one")
     build.add_argument("--ann-param", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                        help="approximate-index parameter, e.g. M=32 (see search/indexing/ann.py)")
+    build.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
     info = sub.add_parser("info", help="describe an index")
     info.add_argument("--index", type=Path, required=True)
     ann = sub.add_parser("ann", help="add or replace the FAISS approximate index of an existing index")
     ann.add_argument("--index", type=Path, required=True)
     ann.add_argument("--ann", choices=ANN_KINDS, required=True)
     ann.add_argument("--ann-param", action="append", default=[], type=key_value, metavar="KEY=VALUE")
+    ann.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
     register(sub, settings.vectors)
+    register_verify(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    if getattr(args, "func", None) is not None:  # subcommands that bring their own runner (publish)
+    if getattr(args, "func", None) is not None:  # subcommands that bring their own runner (publish, verify)
         return args.func(args)
     if args.command == "ann":
-        print(json.dumps(build_ann(args.index, args.ann, dict(args.ann_param)), indent=1))
+        if not args.index.is_dir():  # no lock file (or folder) made for a mistyped path
+            print(f"error: there is no index at {args.index}; build it with "
+                  f"`python -m search.index build --catalog DIR --out {args.index}`", file=sys.stderr)
+            return 1
+        try:
+            with writer_lock(args.index, "ann", wait=not args.no_wait):
+                print(json.dumps(build_ann(args.index, args.ann, dict(args.ann_param)), indent=1))
+        except WriterBusy as exc:
+            print(exc, file=sys.stderr)
+            return WriterBusy.EXIT_STATUS
+        except (IndexLoadError, GenerationChanged) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "info":
         index = Index.load(args.index)
@@ -122,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         print(garment_summary_line(summary), file=sys.stderr)
         return 0
 
+    try:  # the whole build holds the folder: an --update's read of the previous index too
+        with writer_lock(args.out, "build", wait=not args.no_wait):
+            return run_build(args, settings)
+    except WriterBusy as exc:
+        print(exc, file=sys.stderr)
+        return WriterBusy.EXIT_STATUS
+
+
+def run_build(args, settings: SearchConfig) -> int:
+    """`build`, holding the folder's writer lock."""
     models = BuildModels(settings.clip, args.bg_url, args.bg_timeout, args.bg_retries)
     embedder, garments = models.load()  # the build's identity; with --workers, each worker loads its own too
     workers = args.workers or os.cpu_count() or 1
@@ -145,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                              ann=args.ann, ann_params=dict(args.ann_param), workers=workers, models=models,
                              ray=args.ray, decode_workers=decode_workers, vocabulary=vocabulary, feed=feed,
                              lexical_language=args.language)
-    except (GarmentServiceError, FeedError, ImageFetchError) as exc:
+    except (GarmentServiceError, FeedError, ImageFetchError, WorkerModelsError, RayBuildError) as exc:
         print(f"error: {exc}\nThe build stopped; the index at {args.out} was left as it was.", file=sys.stderr)
         return 1
     print_report(report, args.out)

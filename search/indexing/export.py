@@ -4,6 +4,11 @@ photos) without torch.
     python -m search.export --index DIR       # writes DIR/text-encoder/ (CLIP_* settings as for the build)
 
 (The folder keeps its name, text-encoder/, for the indexes and settings that already point at it.)
+It is a symlink to a version folder beside it (.text-encoder.v-<time>-<random>/): an export
+writes a new version, then flips the link with one rename, so a worker that loads meanwhile
+reads the old export or the new one, whole; the old version is removed after the flip. An
+export holds the writer lock of the folder it writes into (the index's, by default): a build of
+that index waits for it, and it for a build; --no-wait exits with status 2 instead.
 
 What the folder holds (read by search/text_encoder.py):
     text.fp32.onnx   the text tower (weights in text.fp32.onnx.data, memory-mapped when served), token ids [batch, length] -> normalised embedding [batch, dim].
@@ -27,10 +32,8 @@ import argparse
 import itertools
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +44,7 @@ from search.config import ClipSettings
 from search.embedder import ClipEmbedder, TextTower
 from search.image_encoder import OnnxImageEncoder, check_pictures, preprocess_spec, probe_picture
 from search.index_format import Index, IndexLoadError
+from search.index_guard import WriterBusy, new_folder_version, switch_folder, writer_lock
 from search.text_encoder import (
     EXPORT_DIRNAME,
     EXPORT_FORMAT,
@@ -177,18 +181,23 @@ def move_weights_out(path: Path, target: Path | None = None) -> None:
 
 
 def export_text_encoder(embedder: ClipEmbedder, out: Path, *, int8: bool = True, image: bool | None = None) -> dict:
-    """Write the text-encoder folder at `out` (replacing one there once it is complete); with
-    `image`, the image tower for photo queries too (None: when the embedder has one)."""
+    """Write the text-encoder folder at `out` (a new version, put in place once it is complete,
+    see the module's docstring); with `image`, the image tower for photo queries too (None: when
+    the embedder has one). Holds the writer lock of the folder `out` is in."""
+    out = Path(out)
+    with writer_lock(out.parent, "export"):
+        _remove_work_folders_of_old_exports(out)
+        return _export(embedder, out, int8, image)
+
+
+def _export(embedder: ClipEmbedder, out: Path, int8: bool, image: bool | None) -> dict:
     if image is None:
         image = embedder.model.visual is not None
     from open_clip.tokenizer import default_bpe
 
     tower = supported(embedder)
     started = time.perf_counter()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    work.chmod(0o755)  # mkdtemp's 0700 would hide it from a service running as another user
+    work = new_folder_version(out)
     try:
         ClipTokenizer.from_open_clip_vocab(default_bpe(), embedder.tokenizer.context_length).save(work / "tokenizer.json")
         export_onnx(tower, work / "text.fp32.onnx")
@@ -224,22 +233,19 @@ def export_text_encoder(embedder: ClipEmbedder, out: Path, *, int8: bool = True,
             meta["image"] = export_image_tower(embedder, work, meta)
         meta["export_s"] = round(time.perf_counter() - started, 1)
         (work / EXPORT_META).write_text(json.dumps(meta, indent=1))
-        _replace_dir(work, out)
+        switch_folder(out, work)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return meta
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target` with one rename; a worker that loads meanwhile sees the old or the new."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}-old-{os.getpid()}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _remove_work_folders_of_old_exports(out: Path) -> None:
+    """Exports before versions worked in `.text-encoder-XXXXXXXX` and moved the old folder to
+    `.text-encoder-old-PID`; one that crashed left them (the lock is held: none is in use)."""
+    for leftover in out.parent.glob(f".{out.name}-*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def summary(out: Path, meta: dict) -> list[str]:
@@ -267,6 +273,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 graph")
     parser.add_argument("--no-image", action="store_true",
                         help="skip the image tower (the service then needs SEARCH_IMAGE_QUERIES=0)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="when another writer holds the folder the export goes into (the index's), exit with "
+                             "status 2 instead of waiting for it")
     args = parser.parse_args(argv)
     if not args.index and not args.out:
         parser.error("give --index (or --out)")
@@ -274,17 +283,21 @@ def main(argv=None) -> int:
     for chatty in ("onnxscript", "onnx_ir", "root"):  # per-initializer and per-tensor notes
         logging.getLogger(chatty).setLevel(logging.WARNING)
     settings = exit_on_bad_settings(ClipSettings.from_env)
-    embedder = ClipEmbedder(settings.model_copy(update={"device": "cpu"}), text_only=args.no_image)
-    if args.index:
-        try:
-            Index.load(args.index).check_compatible(embedder.identity)
-        except IndexLoadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    if args.index and not Path(args.index).is_dir():  # no lock file (or folder) made for a mistyped path
+        print(f"error: there is no index at {args.index}; build it with "
+              f"`python -m search.index build --catalog DIR --out {args.index}`", file=sys.stderr)
+        return 2
     out = Path(args.out or Path(args.index) / EXPORT_DIRNAME)
-    try:
-        meta = export_text_encoder(embedder, out, int8=not args.no_int8, image=not args.no_image)
-    except ExportError as exc:
+    try:  # the whole command holds the folder: the index checked is the one the export lands beside
+        with writer_lock(out.parent, "export", wait=not args.no_wait):
+            embedder = ClipEmbedder(settings.model_copy(update={"device": "cpu"}), text_only=args.no_image)
+            if args.index:
+                Index.load(args.index).check_compatible(embedder.identity)
+            meta = export_text_encoder(embedder, out, int8=not args.no_int8, image=not args.no_image)
+    except WriterBusy as exc:
+        print(exc, file=sys.stderr)
+        return WriterBusy.EXIT_STATUS
+    except (IndexLoadError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary(out, meta)))

@@ -365,10 +365,25 @@ def _ensure_index(client, name, kind, wanted: dict, timeout) -> bool:
             client.drop_index(name, index_name, timeout=timeout)
     params = client.prepare_index_params()
     params.add_index("vector", index_type=wanted["index_type"], metric_type=wanted["metric"], params=wanted["params"])
-    if kind == "images" and not client.list_indexes(name, field_name="product", timeout=timeout):
-        params.add_index("product", index_type="INVERTED")
     client.create_index(name, params, timeout=timeout)
+    if kind == "images" and not client.list_indexes(name, field_name="product", timeout=timeout):
+        _create_product_index(client, name, timeout)
     return True
+
+
+def _create_product_index(client, name, timeout) -> None:
+    """The images' scalar index on product: INVERTED (Milvus Lite has no other, Milvus 2.4+ has
+    it), else Trie - Milvus 2.3 has no INVERTED and answers "index type not match: invalid
+    parameter[expected=Trie][actual=INVERTED]"."""
+    for index_type in ("INVERTED", "Trie"):
+        params = client.prepare_index_params()
+        params.add_index("product", index_type=index_type)
+        try:
+            client.create_index(name, params, timeout=timeout)
+            return
+        except Exception as exc:  # noqa: BLE001 - only that refusal moves on to Trie
+            if index_type != "INVERTED" or "expected=Trie" not in str(getattr(exc, "message", None) or exc):
+                raise
 
 
 # --------------------------------------------------------------------------- command line
@@ -409,16 +424,30 @@ def register(subparsers, settings: BackendSettings | None = None) -> argparse.Ar
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per Milvus call")
     p.add_argument("--replace", action="store_true",
                    help="drop collections of the same name that hold another index's vectors")
+    p.add_argument("--no-wait", action="store_true",
+                   help="when another writer holds the index folder, exit with status 2 instead of waiting for it")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
+    """`search.index publish`: holds the index folder's writer lock while it publishes, so the
+    collections get one whole generation (a build waits for it, and it for a build)."""
+    from search.index_guard import WriterBusy, writer_lock
+
+    if not Path(args.index).is_dir():  # no lock file (or folder) made for a mistyped path
+        print(f"error: there is no index at {args.index}; build it with "
+              f"`python -m search.index build --catalog DIR --out {args.index}`", file=sys.stderr)
+        return 1
     try:
-        report = publish(args.index, args.milvus, token=args.token, collection=args.collection,
-                         index_type=args.index_type, metric=args.metric,
-                         index_params=dict(args.index_params) if args.index_params else None,
-                         batch=args.batch, timeout=args.timeout, replace=args.replace)
+        with writer_lock(args.index, "publish", wait=not getattr(args, "no_wait", False)):
+            report = publish(args.index, args.milvus, token=args.token, collection=args.collection,
+                             index_type=args.index_type, metric=args.metric,
+                             index_params=dict(args.index_params) if args.index_params else None,
+                             batch=args.batch, timeout=args.timeout, replace=args.replace)
+    except WriterBusy as exc:
+        print(exc, file=sys.stderr)
+        return WriterBusy.EXIT_STATUS
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

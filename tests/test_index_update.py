@@ -348,3 +348,123 @@ def test_build_cli_publishes_to_milvus(tmp_path, synthetic_catalog, oracle_weigh
     assert main(["build", "--catalog", str(synthetic_catalog), "--out", str(tmp_path / "index"), "--publish", uri]) == 0
     out = capsys.readouterr().out
     assert "indexed 12 of 12 images" in out and '"upserted"' in out
+
+
+# ------------------------------------------------------------------ one product added (freshness)
+
+
+NEW = "7-new-pink-top-777"
+FIRST = {"1-red-top-shop-111": [0, 1], "2-blue-trousers-shop-222": [0], "5-navy-skirt-shop-555": [0, 2]}
+
+
+class CountingEmbedder:
+    """The embedder, counting the garment pictures its image tower is given."""
+
+    def __init__(self, embedder):
+        self.embedder, self.images = embedder, 0
+
+    def __getattr__(self, name):
+        return getattr(self.embedder, name)
+
+    def encode_images(self, pictures):
+        self.images += len(pictures)
+        return self.embedder.encode_images(pictures)
+
+
+def image_rows(index: Index) -> dict[tuple[str, str], int]:
+    """(product key, file) -> image row, for folder catalogs and feeds alike."""
+    return {(index.products[p], index.image_files[row]): row for p in range(len(index.products))
+            for row in index.image_rows(p)}
+
+
+def write_photos(folder: Path, colour, variants) -> list[str]:
+    from tests.conftest import person_wearing
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for v in variants:
+        person_wearing(colour, v).save(folder / f"photo-{v}.jpg", quality=95)
+    return [f"photo-{v}.jpg" for v in variants]
+
+
+def feed_row(key: str, files: list[str]) -> dict:
+    return {"id": key, "name": " ".join(key.split("-")[1:-1]), "price": 10,
+            "images": [f"img/{key}/{f}" for f in files]}
+
+
+@pytest.mark.parametrize("kind", ["folders", "feed"])
+def test_an_update_adding_one_product_embeds_it_alone_and_keeps_every_other_vector(kind, tmp_path, tiny_embedder,
+                                                                                   bg_pipeline, monkeypatch):
+    """The freshness path (bench/freshness.py at 100k products): one new product, and the update
+    embeds exactly its images, reads and hashes only its files (the others' stats are the ones
+    recorded), chooses only its garment classes, and copies every other image row, thumbnail
+    and pooled product row bit for bit; the new product's rows are a full build's."""
+    from search.indexing import catalog as catalog_module
+    from search.indexing.feed_catalog import load_feed_catalog
+    from shared.fetch import FetchPolicy
+    from shared.garment_vocabulary import Vocabulary
+    from tests.conftest import PRODUCT_COLOURS
+
+    # the photos are written a moment before each build: trust their stats anyway (RACY_NS)
+    monkeypatch.setattr(catalog_module, "RACY_NS", 0)
+    garments = LocalGarments(bg_pipeline)
+    root = tmp_path / "catalog"
+    folder = root / "img" if kind == "feed" else root
+    rows = [feed_row(key, write_photos(folder / key, PRODUCT_COLOURS[key], variants))
+            for key, variants in FIRST.items()]
+    Image.new("RGB", (200, 200), (240, 240, 240)).save(folder / "1-red-top-shop-111" / "blank.png")  # no garment
+    rows[0]["images"].append("img/1-red-top-shop-111/blank.png")
+
+    def build(out: Path, embedder, update: bool = False):
+        if kind == "folders":
+            return build_index(root, out, embedder, garments, update=update, progress=False)
+        (root / "products.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        feed = load_feed_catalog(root / "products.jsonl", vocabulary=Vocabulary.load(), fetch_policy=FetchPolicy(),
+                                 cache_dir=out / "image-cache", progress=False)
+        return build_index(None, out, embedder, garments, update=update, progress=False, feed=feed)
+
+    out = tmp_path / "index"
+    first = build(out, tiny_embedder)
+    assert first.embedded == 5 and first.images == 6 and [s["reason"][:10] for s in first.skipped] == ["no garment"]
+    before = Index.load(out, for_building=True)
+    old_rows = image_rows(before)
+    old = {name: np.array(before.builder[name] if name in before.builder else getattr(before, name))
+           for name in ("image_embeddings", "thumbs", "image_sources", "product_embeddings")}
+    old_products = list(before.products)
+    del before
+
+    rows.append(feed_row(NEW, write_photos(folder / NEW, (240, 40, 160), [0, 1])))
+    chosen = []
+    choose = Vocabulary.choose
+    monkeypatch.setattr(Vocabulary, "choose", lambda self, text: chosen.append(text) or choose(self, text))
+    counting = CountingEmbedder(tiny_embedder)
+    report = build(out, counting, update=True)
+
+    assert counting.images == 2 and report.embedded == 2 and report.reused == 5
+    assert report.reembedded == {"new image": 2} and report.reembedded_products == {NEW}
+    assert report.skipped_again == 1 and report.skipped == first.skipped  # the blank photo: not tried again
+    assert report.hashed == 2  # the six unchanged files were not read: their stat is the recorded one
+    assert chosen and all(text in (NEW, feed_row(NEW, [])["name"]) for text in chosen), chosen
+    after = Index.load(out, for_building=True)
+    new_rows = image_rows(after)
+    assert set(new_rows) == set(old_rows) | {(NEW, f) for f in (["photo-0.jpg", "photo-1.jpg"] if kind == "folders"
+                                                                 else [f"img/{NEW}/photo-0.jpg",
+                                                                       f"img/{NEW}/photo-1.jpg"])}
+    for key, row in old_rows.items():  # bit for bit
+        assert np.asarray(after.image_embeddings)[new_rows[key]].tobytes() == old["image_embeddings"][row].tobytes()
+        assert np.asarray(after.thumbs)[new_rows[key]].tobytes() == old["thumbs"][row].tobytes()
+        assert after.builder["image_sources"][new_rows[key]] == old["image_sources"][row]
+    for p, name in enumerate(old_products):
+        assert np.asarray(after.product_embeddings)[after.products.find(name)].tobytes() == \
+            old["product_embeddings"][p].tobytes()
+    # the new product's rows are what a full build of the same catalog gives (batches differ: float rounding)
+    monkeypatch.setattr(Vocabulary, "choose", choose)
+    full = tmp_path / "full"
+    build(full, tiny_embedder)
+    reference = Index.load(full, for_building=True)
+    assert list(reference.products) == list(after.products) and image_rows(reference) == new_rows
+    assert np.abs(np.asarray(reference.image_embeddings) - np.asarray(after.image_embeddings)).max() <= 1e-5
+    assert np.abs(np.asarray(reference.product_embeddings) - np.asarray(after.product_embeddings)).max() <= 1e-5
+    assert np.array_equal(np.asarray(reference.builder["image_sources"]), np.asarray(after.builder["image_sources"]))
+    # and a second update finds nothing to do, reading no file
+    again = build(out, CountingEmbedder(tiny_embedder), update=True)
+    assert again.embedded == 0 and again.reused == 7 and again.hashed == 0

@@ -1,10 +1,19 @@
 """The catalog folder: one folder per product (folder name = product name), any number of
-jpg/png/webp images inside. Scanned in a stable order, each image with its sha256. A feed's
-images (search/indexing/feed_catalog.py) are CatalogImages too, each with its local file."""
+jpg/png/webp images inside. Scanned in a stable order, each image with its file's stat and its
+sha256. A feed's images (search/indexing/feed_catalog.py) are CatalogImages too, each with its
+local file.
+
+Hashing every image is what an --update of a large catalog would spend its time on, so a scan
+can leave the digests out (`digests=False`) and `fill_digests` takes each one from the previous
+index where the file's stat is the one recorded with it (size, mtime, ctime, inode: what git's
+index compares), reading and hashing only the files that are new or whose stat changed."""
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from shared.errors import ProblemError
@@ -12,6 +21,11 @@ from shared.garment_vocabulary import GARMENT_CLASSES
 from shared.images import DecodedImage, decode_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+NO_STAT = (-1, -1, -1, -1)  # a URL image's (the download cache knows its digest), or a stat never to trust
+# A file changed within this long before its stat was taken may change again within the same
+# timestamp tick after it was hashed ("racy" in git's words): its stat is recorded as untrusted
+# (NO_STAT), so the next --update hashes it again.
+RACY_NS = 2_000_000_000
 
 
 @dataclass
@@ -21,42 +35,72 @@ class CatalogImage:
     sha256: str
     classes: tuple[str, ...] = GARMENT_CLASSES  # the product's garment classes (from its text)
     path: str = ""  # a feed's image: its local file (downloaded or the feed's); "" = <catalog>/<product>/<file>
+    # (size, mtime_ns, ctime_ns, inode) of its local file when scanned, NO_STAT for none; sha256
+    # is "" until fill_digests gives it
+    stat: tuple[int, int, int, int] = NO_STAT
 
-    @property
-    def relpath(self) -> str:
+    @cached_property
+    def relpath(self) -> str:  # product and file never change after the scan
         return f"{self.product}/{self.file}"
 
     def local_file(self, catalog: Path) -> Path:
         return Path(self.path) if self.path else catalog / self.product / self.file
 
 
-def scan_catalog(catalog: Path) -> tuple[list[CatalogImage], list[str]]:
-    """Every image of every product folder, in a stable order, plus warnings for what was skipped."""
+def file_stat(st: os.stat_result, now_ns: int | None = None) -> tuple[int, int, int, int]:
+    """What an --update compares to trust a recorded digest: size, mtime, ctime and inode (a file
+    replaced by another, even with its size and mtime kept, has another inode or ctime). A file
+    changed within RACY_NS of `now_ns` gets NO_STAT: never trusted."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    if max(st.st_mtime_ns, st.st_ctime_ns) >= now_ns - RACY_NS:
+        return NO_STAT
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def sha256_file(path: Path | str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def scan_catalog(catalog: Path, *, digests: bool = True) -> tuple[list[CatalogImage], list[str]]:
+    """Every image of every product folder, in a stable order (by product, then file: the order
+    of the index's rows), each with its file's stat, plus warnings for what was skipped.
+    `digests=False` leaves each sha256 "" for `fill_digests` (one stat per file, no file read)."""
     if not catalog.is_dir():
         raise FileNotFoundError(f"catalog folder {catalog} does not exist")
     images, warnings = [], []
-    for entry in sorted(catalog.iterdir()):
-        if entry.name.startswith("."):
-            continue
+    now_ns = time.time_ns()
+    with os.scandir(catalog) as listing:
+        products = sorted((e.name, e) for e in listing if not e.name.startswith("."))
+    for name, entry in products:
         if not entry.is_dir():
-            warnings.append(f"{entry.name}: not a product folder (files must be inside one), ignored")
+            warnings.append(f"{name}: not a product folder (files must be inside one), ignored")
             continue
-        for path in sorted(entry.iterdir()):
-            if path.name.startswith("."):
+        with os.scandir(entry.path) as listing:
+            files = sorted((f.name, f) for f in listing if not f.name.startswith("."))
+        for file_name, file in files:
+            dot = file_name.rfind(".")
+            if dot <= 0 or file_name[dot:].lower() not in IMAGE_SUFFIXES or not file.is_file():
+                warnings.append(f"{name}/{file_name}: not an image (jpg/png/webp), ignored")
                 continue
-            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-                warnings.append(f"{entry.name}/{path.name}: not an image (jpg/png/webp), ignored")
-                continue
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            images.append(CatalogImage(entry.name, path.name, digest))
+            stat = file_stat(file.stat(), now_ns)  # follows a symlink, as reading it does
+            images.append(CatalogImage(name, file_name, sha256_file(file.path) if digests else "", stat=stat))
     return images, warnings
 
 
-def catalog_fingerprint(images: list[CatalogImage]) -> str:
-    digest = hashlib.sha256()
+def fill_digests(catalog: Path, images: list[CatalogImage]) -> int:
+    """Read and hash the file of every image that has no sha256 yet (an --update gave the others
+    theirs from the previous index: search/indexing/update.py). Returns how many were hashed."""
+    hashed = 0
     for im in images:
-        digest.update(f"{im.relpath}\0{im.sha256}\n".encode())
-    return digest.hexdigest()
+        if not im.sha256:
+            im.sha256 = sha256_file(im.local_file(catalog))
+            hashed += 1
+    return hashed
+
+
+def catalog_fingerprint(images: list[CatalogImage]) -> str:
+    return hashlib.sha256("".join(f"{im.relpath}\0{im.sha256}\n" for im in images).encode()).hexdigest()
 
 
 def decode_catalog_image(catalog: Path, im: CatalogImage, max_side: int) -> DecodedImage | str:

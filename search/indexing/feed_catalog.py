@@ -4,17 +4,23 @@ garment classes chosen from its own text, and its record kept for the index.
 
 Each image becomes a CatalogImage keyed (product = the feed's id, file = the URL as the feed
 gave it, or the path relative to the feed's folder), with the local file to decode, so the
-rest of the build (and --update's reuse by key and content hash) is the folder catalog's.
+rest of the build (and --update's reuse by key and content hash) is the folder catalog's. A
+local image's sha256 is left to the builder (catalog.fill_digests: an --update reads only the
+files whose stat changed); a URL image's comes from the download cache.
+
+Each product's garment classes are chosen when first asked for (`Choices`): an --update takes
+the previous index's choice for a product whose choosing text is unchanged instead.
 """
 from __future__ import annotations
 
-import hashlib
 import os
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from search.index_format import FILTERABLE_TEXT, is_remote
-from search.indexing.catalog import CatalogImage
+from search.indexing.catalog import CatalogImage, file_stat
 from search.indexing.feed import BadRow, FeedProduct, check_bad_rows, load_schema, read_feed
 from search.indexing.remote_images import DownloadReport, ImageCache, download_images
 from shared.garment_vocabulary import GarmentChoice, Vocabulary
@@ -22,12 +28,43 @@ from shared.garment_vocabulary import GarmentChoice, Vocabulary
 CHOOSING_FIELDS = ("name", "category", "description")  # the first of these that names a garment decides
 
 
+class Choices(Mapping):
+    """id -> the product's GarmentChoice, each chosen from its text when first asked for (choosing
+    is ~60 us a product: seconds at 100k), or given by `reuse` (an --update: the previous index's
+    choice for the same text and the same vocabulary)."""
+
+    def __init__(self, vocabulary: Vocabulary):
+        self.vocabulary = vocabulary
+        self._products: dict[str, FeedProduct] = {}
+        self._chosen: dict[str, GarmentChoice] = {}
+
+    def add(self, product: FeedProduct) -> None:
+        self._products[product.id] = product
+
+    def reuse(self, product_id: str, choice: GarmentChoice) -> None:
+        """The choice this product's text is known to give (chosen before from the same text)."""
+        if product_id in self._products:
+            self._chosen.setdefault(product_id, choice)
+
+    def __getitem__(self, product_id: str) -> GarmentChoice:
+        choice = self._chosen.get(product_id)
+        if choice is None:
+            choice = self._chosen[product_id] = choose_garments(self._products[product_id], self.vocabulary)
+        return choice
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._products)
+
+    def __len__(self) -> int:
+        return len(self._products)
+
+
 @dataclass
 class FeedCatalog:
     folder: Path  # the feed's folder: local image paths are relative to it (and served from it)
     images: list[CatalogImage]
     records: dict[str, dict]  # id -> the product's record
-    choices: dict[str, GarmentChoice]  # id -> its garment classes
+    choices: Mapping[str, GarmentChoice]  # id -> its garment classes (Choices: chosen when asked for)
     attribute_types: dict[str, str]  # the filterable fields: the feed's attributes, category, brand
     bad_rows: list[BadRow]
     downloads: DownloadReport
@@ -68,7 +105,9 @@ def load_feed_catalog(feed_path: Path, *, vocabulary: Vocabulary, fetch_policy, 
     urls = [image for product in feed.products for image in product.images if is_remote(image)]
     downloads = download_images(urls, ImageCache(cache_dir), fetch_policy, workers=fetch_workers,
                                 retries=fetch_retries, progress=progress) if urls else DownloadReport()
-    catalog = FeedCatalog(folder, [], {}, {}, dict(feed.schema), feed.bad_rows, downloads, set(feed.inferred))
+    catalog = FeedCatalog(folder, [], {}, Choices(vocabulary), dict(feed.schema), feed.bad_rows, downloads,
+                          set(feed.inferred))
+    now_ns = time.time_ns()
     catalog.skipped += [{"image": url, "reason": reason} for url, reason in downloads.skipped.items()]
     for product in sorted(feed.products, key=lambda p: p.id):
         images = []
@@ -83,16 +122,15 @@ def load_feed_catalog(feed_path: Path, *, vocabulary: Vocabulary, fetch_policy, 
                 catalog.skipped.append({"image": image, "reason": "outside the feed's folder (not served)"})
             elif not os.path.isfile(image):
                 catalog.skipped.append({"image": relative, "reason": "no such file"})
-            else:
-                digest = hashlib.sha256(Path(image).read_bytes()).hexdigest()
-                images.append(CatalogImage(product.id, relative, digest, path=image))
+            else:  # its sha256: catalog.fill_digests, in the build
+                images.append(CatalogImage(product.id, relative, "", path=image, stat=file_stat(os.stat(image), now_ns)))
         if not images:
             catalog.warnings.append(f"{product.id}: no image could be fetched or read (line {product.line}), "
                                     "not indexed")
             continue
         catalog.images += images
         catalog.records[product.id] = record(product)
-        catalog.choices[product.id] = choose_garments(product, vocabulary)
+        catalog.choices.add(product)
     for name in FILTERABLE_TEXT:
         if any(r.get(name) for r in catalog.records.values()):
             catalog.attribute_types[name] = "string"

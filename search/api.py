@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import time
 from urllib.parse import quote
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, current_app, g, jsonify, request, send_from_directory
 
 from search.filters import ProductFilter, compile_filter
 from search.index_format import RECORD_FIELDS, is_remote, record_values
@@ -23,7 +25,9 @@ from shared.uploads import read_image_request
 from shared.web import json_object_body, stage_timings
 
 bp = Blueprint("search", __name__)
+log = logging.getLogger("fashion.search")
 UPLOAD_TYPES = ("multipart/form-data",)
+STORE_RETRY_AFTER_S = 5  # a vector database that is down: reconnects are tried in the background meanwhile
 
 
 @bp.before_request
@@ -44,13 +48,50 @@ def image_url(product_id: str, file: str) -> str:
     return f"{base}{path}" if base else path
 
 
+def _generation():
+    """The index generation this request uses from start to end (search/live.py): taken at the
+    first use, released when the request ends, so a swap meanwhile never changes it mid-request."""
+    generation = g.get("index_generation")
+    if generation is None:
+        current_app.extensions["readiness"].require()
+        generation = g.index_generation = current_app.extensions["live_index"].acquire()
+    return generation
+
+
+@bp.teardown_request
+def _release_generation(exc) -> None:
+    generation = g.pop("index_generation", None)
+    if generation is not None:
+        current_app.extensions["live_index"].release(generation)
+
+
 def _searcher():
-    current_app.extensions["readiness"].require()
-    return current_app.extensions["searcher"]
+    return _generation().searcher
 
 
 def _photos():
-    return current_app.extensions["photos"]  # there: a photo query is refused (PhotoQueriesOn) when they are off
+    return _generation().photos  # there: a photo query is refused (PhotoQueriesOn) when they are off
+
+
+def _shown_image(index, catalog, result) -> str:
+    """The result's image file: its best image, or, when that file has gone from the catalog,
+    another image of the same product that is there (logged and counted)."""
+    path = index.image_path(catalog, result.image_row) if result.image_row >= 0 else None
+    if path is None or os.path.isfile(path):
+        return result.image_file
+    _count_missing(index.image_relpath(result.image_row), "result")
+    for row in index.image_rows(result.row):
+        other = index.image_path(catalog, row)
+        if other is not None and os.path.isfile(other):
+            return index.image_files[row]
+    return result.image_file  # none left: its url answers a counted 404
+
+
+def _count_missing(relpath: str, where: str) -> None:
+    current_app.extensions["missing_images"].labels(where).inc()
+    log.warning(json.dumps({"event": "catalog_image_missing", "image": relpath, "where": where,
+                            "request_id": g.get("request_id"),
+                            "hint": "python -m search.index verify --index DIR lists every missing image"}))
 
 
 class _Query:
@@ -78,7 +119,7 @@ def _read_query(json_model=SearchJson, form_model=SearchForm) -> _Query:
     """A query from JSON {text, image_url, n, image_weight, ...}, a multipart form (`file`, text,
     n, image_weight, ...) or a raw image/* body (the fields in the query string)."""
     got = read_image_request(json_model, form_model, file_required=False,
-                             photos_on=current_app.extensions.get("photos") is not None,
+                             photos_on=current_app.extensions.get("photos_on", False),
                              photo_field="file" if request.mimetype != "application/json" else "image_url")
     fields = got.fields
     weight = getattr(fields, "image_weight", None)
@@ -93,14 +134,14 @@ def _read_query(json_model=SearchJson, form_model=SearchForm) -> _Query:
 
 def _filter(raw, where: str = "filter") -> ProductFilter | None:
     """The request's filter checked against the served index's fields (400 naming the path)."""
-    return compile_filter(raw, current_app.extensions["searcher"].index.attributes, where)
+    return compile_filter(raw, _searcher().index.attributes, where)
 
 
 def _fields_asked(names: list[str] | None, where: str = "fields") -> list[str] | None:
     """The attributes a request asks results to carry: each must be one the index knows."""
     if names is None:
         return None
-    known = set(current_app.extensions["searcher"].index.attributes.types) | set(RECORD_FIELDS)
+    known = set(_searcher().index.attributes.types) | set(RECORD_FIELDS)
     for i, name in enumerate(names):
         if name not in known:
             raise BadRequest(f"{where}[{i}]: unknown field {name!r}; known: {', '.join(sorted(known))}.",
@@ -137,10 +178,12 @@ def _look_vectors(searcher, query: _Query):
 
 
 def _results_json(results, fields: list[str] | None = None) -> list[dict]:
-    index = current_app.extensions["searcher"].index
+    generation = _generation()
+    index = generation.index
     answers = []
     for r in results:
-        answer = {"product_name": r.product_name, "url": image_url(r.product_id, r.image_file),
+        shown = _shown_image(index, generation.catalog_dir, r)
+        answer = {"product_name": r.product_name, "url": image_url(r.product_id, shown),
                   "score": round(r.score, 6), "id": r.product_id}
         if fields is not None:
             values = record_values(index.product_record(r.row))
@@ -155,7 +198,7 @@ def _ranked(searcher, what, *args):
     try:
         results = what(*args)
     except VectorStoreError as exc:  # the vector database is down or changed: retry later
-        raise NotReady(str(exc)) from None
+        raise NotReady(str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER_S)}) from None
     elapsed = time.perf_counter() - start
     stage_timings()["rank"] = stage_timings().get("rank", 0.0) + elapsed  # as timed(), and the metric needs it
     current_app.extensions["metrics"].query_latency.labels("search", searcher.store.backend).observe(elapsed)
@@ -263,9 +306,13 @@ def batch():
 
 @bp.get("/images/<product>/<path:file>")
 def image(product: str, file: str):
-    index = _searcher().index
+    generation = _generation()
+    index = generation.index
     # Only files the index lists are served: no path from the client reaches the filesystem.
     row = index.find_image(product, file)
     if row is None or is_remote(file):
         raise NotFound(f"No image {file!r} of product {product!r} in the index.")
-    return send_from_directory(current_app.extensions["catalog_dir"], index.image_relpath(row), max_age=3600)
+    if not os.path.isfile(index.image_path(generation.catalog_dir, row)):  # gone from the catalog since the build
+        _count_missing(index.image_relpath(row), "image")
+        raise NotFound(f"Image {file!r} of product {product!r} is missing from the catalog; it has been logged.")
+    return send_from_directory(generation.catalog_dir, index.image_relpath(row), max_age=3600)

@@ -77,6 +77,14 @@ class SearchConfig(Settings):
                              description="index to serve (relative paths: against the working directory at start)")
     catalog_dir: OptionalText = setting(None, env="SEARCH_CATALOG_DIR",
                                         description="where `/images/...` are read from (unset: the index's catalog)")
+    index_poll_s: float = setting(
+        1.0, env="SEARCH_INDEX_POLL_S", ge=0, le=60,
+        description="seconds between a worker's looks at meta.json for a new index generation, which it then opens, "
+                    "checks and serves without a restart (0 = only at start and on SIGHUP)")
+    startup_image_sample: int = setting(
+        256, env="SEARCH_STARTUP_IMAGE_SAMPLE", ge=0, le=100000,
+        description="index images a worker looks for in the catalog when it opens a generation (most must be there; "
+                    "`python -m search.index verify` checks them all)")
     public_base_url: OptionalText = setting(None, env="PUBLIC_BASE_URL", description="makes result urls absolute")
     fusion_method: choice("weighted", "rrf") = setting(
         "weighted", env="SEARCH_FUSION",

@@ -26,6 +26,7 @@ class Result:
     product_name: str
     image_file: str
     score: float
+    image_row: int = -1  # the image's row in the index (-1: not known)
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,17 @@ class Searcher:
     fused with the BM25 score of the products' text (`fusion`), among the products a filter
     passes; each product shown by its best image."""
 
-    def __init__(self, index: Index, embedder, *, store=None, fusion: Fusion = Fusion(), cache_size: int = 1024):
+    def __init__(self, index: Index, embedder, *, store=None, fusion: Fusion = Fusion(), cache_size: int = 1024,
+                 cache: QueryCache | None = None):
+        """`cache`: query embeddings shared with other searchers of the same model (each index
+        generation gets its own Searcher, search/live.py); else a new one of `cache_size`."""
         from search.vectors.exact import ExactStore
 
         self.index = index
         self.embedder = embedder
         self.store = store if store is not None else ExactStore(index)
         self.fusion = fusion
-        self.cache = QueryCache(cache_size)
+        self.cache = cache if cache is not None else QueryCache(cache_size)
 
     def embed_query(self, text: str) -> np.ndarray:
         ids = self.embedder.query_tokens(text)
@@ -149,7 +153,7 @@ class Searcher:
         best = self.store.best_images(query, hits.rows)
         index = self.index
         return [Result(int(row), index.products[int(row)], index.product_name(int(row)), index.image_files[int(image)],
-                       float(score)) for row, image, score in zip(hits.rows, best, hits.scores, strict=True)]
+                       float(score), int(image)) for row, image, score in zip(hits.rows, best, hits.scores, strict=True)]
 
     def lexical_matches(self, text: str | None, product_filter: ProductFilter | None) -> tuple[np.ndarray, np.ndarray]:
         """The products the text matches (rows sorted) and their lexical score, 0..1: BM25 over

@@ -58,6 +58,8 @@ class Readiness:
         self.error: str | None = None
         self.detail = "loading"
         self.info: dict[str, Any] = {}  # extra fields for /readyz (e.g. the search backend)
+        # More fields, read at each /readyz: what changes while serving (the index generation).
+        self.dynamic_info: Callable[[], dict[str, Any]] | None = None
         # Called by /readyz once loaded: raises when a dependency (a vector database) cannot
         # answer right now; its message becomes the 503's reason. The service recovers by itself.
         self.probe: Callable[[], None] | None = None
@@ -206,7 +208,8 @@ def install_common(app: Flask, *, service: str, readiness: Readiness, openapi: d
             except Exception as exc:  # noqa: BLE001 - the probe's message is the reason
                 return problem_response(503, "Dependency unavailable", str(exc))
         if readiness.ready:
-            return jsonify(status="ready", service=service, detail=readiness.detail, **readiness.info)
+            dynamic = readiness.dynamic_info() if readiness.dynamic_info is not None else {}
+            return jsonify(status="ready", service=service, detail=readiness.detail, **{**readiness.info, **dynamic})
         title = "Not ready" if readiness.error is None else "Failed to load"
         return problem_response(503, title, readiness.error or "Loading models; not ready yet.")
 

@@ -310,3 +310,14 @@ def stop(proc) -> None:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+REAL_SERVER_FIXTURES = {"milvus_server", "cluster"}  # tests/milvus_server.py's server, tests/test_ray_cluster.py's
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on a real Milvus server or Ray cluster are marked `servers`: their own CI step."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if REAL_SERVER_FIXTURES & set(item.fixturenames) or "server" in (params.get("backend"), params.get("where")):
+            item.add_marker(pytest.mark.servers)

@@ -192,7 +192,7 @@ def test_results_carry_ids_fields_and_the_feeds_urls(feed_client, upstream):
     assert by_id["p-400"]["fields"] == {"price": 30, "sizes": None, "brand": TRICKY_BRAND}
     assert by_id["p-200"]["url"] == "/images/p-200/img/trousers.jpg"
     served = feed_client.get(by_id["p-200"]["url"])
-    assert served.status_code == 200 and served.data == (feed_client.application.extensions["catalog_dir"]
+    assert served.status_code == 200 and served.data == (feed_client.application.extensions["live_index"].current.catalog_dir
                                                          / "img" / "trousers.jpg").read_bytes()
     assert feed_client.get("/images/p-200/img/skirt.jpg").status_code == 404  # another product's file
     assert "fields" not in feed_client.post("/", json={"text": "top"}).json[0]

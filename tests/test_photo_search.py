@@ -120,7 +120,7 @@ def test_empty_text_beside_a_photo_is_a_photo_query(photo_client, synthetic_cata
 
 
 def test_similar_products(client, search_app):
-    searcher = search_app.extensions["searcher"]
+    searcher = search_app.extensions["live_index"].current.searcher
     index = searcher.index
     for product in ("2-blue-trousers-shop-222", "6-orange-tunic-shop-666"):
         response = client.get(f"/products/{quote(product, safe='')}/similar?n=3")
@@ -144,7 +144,7 @@ def test_similar_bad_input(client):
 
 
 def test_embed_text_and_photo(photo_app, photo_client, synthetic_catalog):
-    searcher = photo_app.extensions["searcher"]
+    searcher = photo_app.extensions["live_index"].current.searcher
     text = photo_client.post("/embed", json={"text": "red top"})
     assert text.status_code == 200, text.json
     body = text.json
@@ -382,7 +382,7 @@ def test_a_real_matted_catalog_photo_gives_its_indexed_vector(tmp_path, tiny_emb
     export_text_encoder(tiny_embedder, tmp_path / "index" / "text-encoder", int8=False)
     app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(tmp_path / "index")),
                      garments=local_garments)
-    index = app.extensions["searcher"].index
+    index = app.extensions["live_index"].current.searcher.index
     photo = sorted(catalog.glob("*/*.png"))[0]
     # the product's name chooses the garment, as it did for the indexer
     body = app.test_client().post("/embed", data=photo.read_bytes(), content_type="image/png",

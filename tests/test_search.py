@@ -236,7 +236,7 @@ def test_long_and_unusual_text_is_accepted(client):
 
 
 def test_query_cache_hits_on_repeat(search_app, client):
-    cache = search_app.extensions["searcher"].cache
+    cache = search_app.extensions["live_index"].current.searcher.cache
     client.post("/", json={"text": "cache me please"})
     hits = cache.hits
     client.post("/", json={"text": "  Cache me   PLEASE "})
@@ -270,7 +270,7 @@ def test_through_real_gunicorn(synthetic_index, oracle_weights):
 
 
 def test_query_cache_keys_are_the_tokens_the_encoder_sees(search_app, client):
-    cache = search_app.extensions["searcher"].cache
+    cache = search_app.extensions["live_index"].current.searcher.cache
     huge = "pastel tunic " * 20000  # 240 KB
     assert client.post("/", json={"text": huge}).status_code == 200
     newest = cache.keys()[-1]
@@ -324,17 +324,43 @@ def test_an_index_moved_to_another_machine_serves_with_its_catalog(synthetic_ind
     assert served.get(url).status_code == 200
 
 
-def test_a_catalog_lacking_the_index_images_fails_readiness(synthetic_index, synthetic_catalog, tmp_path,
-                                                            tiny_embedder):
+def test_a_missing_image_costs_that_image_only(synthetic_index, synthetic_catalog, tmp_path, tiny_embedder):
+    """One image gone from the catalog: the worker is ready, results show another image of that
+    product, and /images/ answers a counted 404 for that file alone; a catalog lacking most of the
+    sampled images is the wrong folder (503 naming SEARCH_CATALOG_DIR and `verify`)."""
     from search import create_app
 
     shutil.copytree(synthetic_catalog, tmp_path / "catalog")
-    (tmp_path / "catalog" / "3-yellow-dress-shop-333" / "photo-0.jpg").unlink()
-    app = create_app(SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index),
-                                  catalog_dir=str(tmp_path / "catalog")), embedder=tiny_embedder)
-    ready = app.test_client().get("/readyz")
-    assert ready.status_code == 503
-    assert "lacks 1 of" in ready.json["detail"] and "3-yellow-dress-shop-333/photo-0.jpg" in ready.json["detail"]
+    product = "3-yellow-dress-shop-333"
+    gone = tmp_path / "catalog" / product / "photo-0.jpg"
+    config = SearchConfig(clip=ClipSettings(**TINY), index_dir=str(synthetic_index), catalog_dir=str(tmp_path / "catalog"))
+    app = create_app(config, embedder=tiny_embedder)
+    client = app.test_client()
+    best = next(r for r in client.post("/", json={"text": "yellow dress", "n": 6}).json if r["id"] == product)
+    gone.rename(tmp_path / "aside.jpg")  # after the start: the sample cannot have seen it
+    index = app.extensions["live_index"].current.index
+    shown = {r["id"]: r["url"] for r in client.post("/", json={"text": "yellow dress", "n": 6}).json}
+    assert shown[product] != f"/images/{product}/photo-0.jpg"
+    assert client.get(shown[product]).status_code == 200
+    missing = client.get(f"/images/{product}/photo-0.jpg")
+    assert missing.status_code == 404 and "missing from the catalog" in missing.json["detail"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'search_missing_images_total{where="image"} 1.0' in metrics
+    if best["url"].endswith("photo-0.jpg"):  # the best image was the missing one: another was shown
+        assert 'search_missing_images_total{where="result"}' in metrics
+    assert client.get("/readyz").status_code == 200 and len(index.products) == 6
+
+    restarted = create_app(config, embedder=tiny_embedder).test_client()
+    assert restarted.get("/readyz").status_code == 200  # one image missing of a sample: a warning, not a 503
+
+    for folder in (tmp_path / "catalog").iterdir():
+        for photo in folder.glob("photo-*.jpg"):
+            if photo.name != "photo-0.jpg":
+                photo.unlink()
+    (tmp_path / "catalog" / "1-red-top-shop-111" / "photo-0.jpg").unlink()
+    wrong = create_app(config, embedder=tiny_embedder).test_client().get("/readyz")
+    assert wrong.status_code == 503
+    assert "SEARCH_CATALOG_DIR" in wrong.json["detail"] and "search.index verify" in wrong.json["detail"]
 
 
 def test_the_lexical_index_covers_the_product_names(synthetic_index):
@@ -356,7 +382,7 @@ def test_the_lexical_index_covers_the_product_names(synthetic_index):
 
 def test_readiness_and_metrics_name_the_backend(search_app, client):
     backend = client.get("/readyz").json["backend"]
-    assert backend["backend"] == search_app.extensions["searcher"].store.backend
+    assert backend["backend"] == search_app.extensions["live_index"].current.searcher.store.backend
     assert client.post("/", json={"text": "red top"}).status_code == 200
     metrics = client.get("/metrics").get_data(as_text=True)
     assert f'search_query_seconds_count{{backend="{backend["backend"]}",service="search"}}' in metrics
@@ -366,7 +392,7 @@ def test_every_backend_answers_like_exact(search_app, synthetic_index, tiny_embe
     from search.index_format import Index
     from search.searcher import Searcher
 
-    served = search_app.extensions["searcher"]
+    served = search_app.extensions["live_index"].current.searcher
     reference = tiny_embedder
     if served.embedder is not tiny_embedder:  # the ONNX encoder runs fp32, the shared torch one bf16
         from search.embedder import ClipEmbedder

@@ -22,7 +22,7 @@ for each backend reports:
   memory   RSS and PSS of each of the 2 gunicorn workers (/proc/PID/smaps_rollup, as
            bench/memory.py), after traffic from 4 clients touched the index in both workers.
            For sizes without a catalog of symlinks (1M: 5M files) the workers run the same app with
-           the start-up catalog check (a stat() per image) skipped: `app_without_catalog_check`.
+           the start-up image sample off (SEARCH_STARTUP_IMAGE_SAMPLE=0: the folder is checked, no image).
   recall   recall@10 against the exact backend over the same queries (visual score, and the
            fused score with lexical weight 0.3).
   filtered each backend's `store.top(q, 10, product_filter)` under three filters on the synthetic
@@ -593,17 +593,6 @@ def smaps_of(pid: int) -> dict:
         return {}
 
 
-def app_without_catalog_check():
-    """gunicorn app factory (`bench.scale:app_without_catalog_check()`): the service as shipped,
-    except that the start-up check that every image file exists is skipped (5M stat() calls and
-    symlinks at 1M products). Used only for the memory/HTTP runs of sizes without a catalog."""
-    from search import create_app
-    from search.index_format import Index
-
-    Index.missing_images = lambda self, catalog, limit=5: (0, [])
-    return create_app()
-
-
 def serve_and_measure(app: str, env: dict, texts: list[str], generation: Path, clients: int = 4,
                       extra_pids: tuple = ()) -> dict:
     import requests
@@ -1031,8 +1020,10 @@ class Bench:
             sec["catalog_s"] = write_catalog(catalog, index)
         empty = folder / "empty-catalog"
         empty.mkdir(exist_ok=True)
-        app = "search:create_app()" if with_catalog else "bench.scale:app_without_catalog_check()"
+        app = "search:create_app()"
         base_env = {"SEARCH_INDEX_DIR": str(index.directory), "SEARCH_CATALOG_DIR": str(catalog if with_catalog else empty)}
+        if not with_catalog:  # no image files to sample: the start checks the folder only
+            base_env["SEARCH_STARTUP_IMAGE_SAMPLE"] = "0"
         sec["http"] = {"app": app, "rows": {}}
         from search.index_format import update_meta
 

@@ -21,6 +21,9 @@ Layout of an index folder:
         attr.<i>.*.npy           the filterable fields' columns (search/filters.py)
         image_sha256.npy, image_sources.npy, thumbs.npy   only the builder reads these (--update,
                                                           duplicate report); serving never maps them
+        image_stat.npy           builder-only, optional: [images, 4] int64, each file's size, mtime_ns,
+                                 ctime_ns and inode when its sha256 was taken (an --update re-reads
+                                 only files whose stat differs; search/indexing/update.py)
         product_classes.npy        [products] uint8, bit i = GARMENT_CLASSES[i] kept in its masks
         product_class_sources.npy  [products] uint8, CLASS_SOURCES: chosen from the product's text, or all
         product_garments.*.npy     the vocabulary garment its text named ("tunic"; "" for none)
@@ -31,7 +34,9 @@ Layout of an index folder:
 
 A build writes a new generation folder, then replaces meta.json in one atomic rename: a crash or a
 failed build leaves the previous index whole, and a worker that loads meanwhile sees either the old
-or the new index, never a mix. The previous generation is kept for workers that still map it.
+or the new index, never a mix. An old generation is removed only once no process holds it
+(search/index_guard.py; docs/index-writers.md), and running workers switch to the new one by
+themselves (search/live.py; docs/live-index.md).
 
 Serving maps every array read-only (`np.load(mmap_mode="r")`): the operating system shares those
 pages between all gunicorn workers, and no per-product Python object is created (names are decoded

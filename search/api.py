@@ -312,7 +312,8 @@ def image(product: str, file: str):
     row = index.find_image(product, file)
     if row is None or is_remote(file):
         raise NotFound(f"No image {file!r} of product {product!r} in the index.")
-    if not os.path.isfile(index.image_path(generation.catalog_dir, row)):  # gone from the catalog since the build
-        _count_missing(index.image_relpath(row), "image")
+    relpath = index.image_relpath(row)
+    if not os.path.isfile(generation.catalog_dir / relpath):  # gone from the catalog since the build
+        _count_missing(relpath, "image")
         raise NotFound(f"Image {file!r} of product {product!r} is missing from the catalog; it has been logged.")
-    return send_from_directory(generation.catalog_dir, index.image_relpath(row), max_age=3600)
+    return send_from_directory(generation.catalog_dir, relpath, max_age=3600)

@@ -505,20 +505,9 @@ def new_generation_name() -> str:
 
 
 def write_meta(index_dir: Path, meta: dict) -> None:
-    """Replace meta.json atomically: written and synced beside it (a name unique to this call),
-    renamed over it, then the folder synced. Call it holding the folder's writer_lock."""
-    index_dir = Path(index_dir)
-    staged = staged_path(index_dir / "meta.json")
-    try:
-        with open(staged, "w") as fh:
-            json.dump(meta, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(staged, index_dir / "meta.json")
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    sync_folder(index_dir)
+    """Replace meta.json atomically (replace_file: written and synced beside it under a name
+    unique to this call, renamed over it, the folder synced). Call it holding the writer_lock."""
+    replace_file(Path(index_dir) / "meta.json", lambda staged: staged.write_text(json.dumps(meta, indent=1)))
 
 
 def read_meta(index_dir: Path) -> dict | None:

@@ -7,7 +7,7 @@ A build writes a new generation folder, then replaces meta.json in one atomic re
 generation beside the current one and checks it exactly as at start (the arrays, the catalog
 folder, the models it was built with, the vector store), runs one query on it so its pages are in
 memory, then switches: one reference assignment, under a lock. A request takes the current
-generation when it starts and keeps it to the end (`LiveIndex.use`), so in-flight requests finish
+generation when it starts and keeps it to the end (`acquire` / `release`), so in-flight requests finish
 on the old one; the last of them closes it (its store is closed, its arrays unmapped, its hold on
 the folder dropped, so the next writer may remove it).
 
@@ -26,7 +26,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,14 +173,6 @@ class LiveIndex:
         if done:
             self._close(generation)
 
-    @contextmanager
-    def use(self):
-        generation = self.acquire()
-        try:
-            yield generation
-        finally:
-            self.release(generation)
-
     # ---------------------------------------------------------------- new generations
 
     def _open(self) -> Generation:
@@ -204,7 +195,7 @@ class LiveIndex:
                 text = (self.index_dir / "meta.json").read_text()
                 digest = digest_of(json.loads(text))
             except (OSError, ValueError) as exc:
-                self._refuse("refused", f"meta.json: {exc}")
+                self._refuse(f"meta.json: {exc}")
                 return False
             if digest in (self._current.meta_digest, self._refused):
                 return False
@@ -213,7 +204,7 @@ class LiveIndex:
                 new = self._open()
             except Exception as exc:  # noqa: BLE001 - any failure keeps the old generation serving
                 self._refused = digest
-                self._refuse("refused", f"{type(exc).__name__}: {exc}")
+                self._refuse(f"{type(exc).__name__}: {exc}")
                 return False
             self._refused = None
             # Counted before the switch: whoever sees the new generation also sees it counted.
@@ -221,10 +212,10 @@ class LiveIndex:
             self._switch(new)
             return True
 
-    def _refuse(self, outcome: str, reason: str) -> None:
+    def _refuse(self, reason: str) -> None:
         log.error(json.dumps({"event": "index_generation_refused", "pid": os.getpid(), "index": str(self.index_dir),
                               "serving": self._current.name, "reason": reason}))
-        self._on_event(outcome, None, reason)
+        self._on_event("refused", None, reason)
 
     def _switch(self, new: Generation) -> None:
         with self._lock:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import shutil
 import sys
 
 from bgremoval.config import BgConfig
+from shared.digests import file_sha256
 from shared.settings import exit_on_bad_settings
 
 
@@ -66,14 +66,6 @@ def fetched_weights_file(name: str, weights_dir: str | None = None) -> str:
     """`name`'s weights, downloaded by rembg first when they are not on disk (BG_ALLOW_DOWNLOAD)."""
     with rembg_home(weights_dir):
         return weights_file(name) or str(session_class(name).download_models())
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _names(config: BgConfig) -> list[str]:

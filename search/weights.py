@@ -7,12 +7,12 @@ arg of the same name), the download fails unless one of them has that digest.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
 
 from search.config import ClipSettings
+from shared.digests import file_sha256
 from shared.settings import exit_on_bad_settings
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(settings.cache_dir or os.path.expanduser("~/.cache"))
     digests = set()
     for path in sorted(p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
         digests.add(digest)
         print(f"{path}: {path.stat().st_size:,} bytes, sha256 {digest}")
     expected = (settings.weights_sha256 or "").lower()

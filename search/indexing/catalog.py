@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from shared.digests import file_sha256
 from shared.errors import ProblemError
 from shared.garment_vocabulary import GARMENT_CLASSES
 from shared.images import DecodedImage, decode_image
@@ -57,11 +58,6 @@ def file_stat(st: os.stat_result, now_ns: int | None = None) -> tuple[int, int, 
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def sha256_file(path: Path | str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def scan_catalog(catalog: Path, *, digests: bool = True) -> tuple[list[CatalogImage], list[str]]:
     """Every image of every product folder, in a stable order (by product, then file: the order
     of the index's rows), each with its file's stat, plus warnings for what was skipped.
@@ -84,7 +80,7 @@ def scan_catalog(catalog: Path, *, digests: bool = True) -> tuple[list[CatalogIm
                 warnings.append(f"{name}/{file_name}: not an image (jpg/png/webp), ignored")
                 continue
             stat = file_stat(file.stat(), now_ns)  # follows a symlink, as reading it does
-            images.append(CatalogImage(name, file_name, sha256_file(file.path) if digests else "", stat=stat))
+            images.append(CatalogImage(name, file_name, file_sha256(file.path) if digests else "", stat=stat))
     return images, warnings
 
 
@@ -94,7 +90,7 @@ def fill_digests(catalog: Path, images: list[CatalogImage]) -> int:
     hashed = 0
     for im in images:
         if not im.sha256:
-            im.sha256 = sha256_file(im.local_file(catalog))
+            im.sha256 = file_sha256(im.local_file(catalog))
             hashed += 1
     return hashed
 

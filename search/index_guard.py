@@ -183,6 +183,9 @@ def writer_lock(index_dir: str | Path, command: str, *, wait: bool = True) -> It
         os.close(fd)  # closing drops the flock
 
 
+HOLDER_RECORD_WAIT_S = 1.0  # how long a waiting writer waits for the holder's record, to name it
+
+
 def _take_writer_lock(folder: Path, command: str, wait: bool) -> int:
     path = folder / WRITER_LOCK_FILE
     announced = False
@@ -217,12 +220,18 @@ def _take_writer_lock(folder: Path, command: str, wait: bool) -> int:
 
 
 def _describe_holder(fd: int) -> str:
-    """`build` (pid 1234, since 12:03:04), from what the holder wrote into the lock file."""
-    try:
-        record = json.loads(os.pread(fd, 4096, 0) or b"null")
-        command, pid, since = record["command"], int(record["pid"]), float(record["since"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return "another writer"  # it has the lock but has not written its name yet
+    """`build` (pid 1234, since 12:03:04), from what the holder wrote into the lock file. A holder
+    writes its record just after it takes the lock: read again for up to HOLDER_RECORD_WAIT_S."""
+    deadline = time.monotonic() + HOLDER_RECORD_WAIT_S
+    while True:
+        try:
+            record = json.loads(os.pread(fd, 4096, 0) or b"null")
+            command, pid, since = record["command"], int(record["pid"]), float(record["since"])
+            break
+        except (OSError, ValueError, TypeError, KeyError):
+            if time.monotonic() >= deadline:
+                return "another writer"  # it has the lock but has not written its name
+            time.sleep(0.01)
     started = time.localtime(since)
     when = time.strftime("%H:%M:%S" if started[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M:%S", started)
     host = record.get("host")

@@ -166,7 +166,7 @@ def test_a_failing_batch_stops_a_workers_build_within_seconds(tmp_path, catalog,
     # the two workers' first batches, the failing one and at most one more each: none of the queue
     assert len(ran) <= 5, f"{len(ran)} of {IMAGES} batches started"
     assert all(stamp < failed_at + STOPPED_WITHIN_S for stamp, _ in ran)
-    assert no_worker_left()
+    assert no_worker_left(), [(p.name, p.pid, p.exitcode) for p in multiprocessing.active_children()]
     assert snapshot(previous_index) == before
 
 
@@ -191,7 +191,7 @@ def test_workers_without_the_builds_models_stop_before_any_batch(tmp_path, catal
                     models=models)
     assert time.monotonic() - started < IMAGES / 2 * BATCH_DELAY_S / 2
     assert not list(marks.iterdir()), "a worker embedded a batch with models other than the build's"
-    assert no_worker_left()
+    assert no_worker_left(), [(p.name, p.pid, p.exitcode) for p in multiprocessing.active_children()]
     assert snapshot(previous_index) == before
 
 
@@ -206,7 +206,7 @@ def test_a_failing_batch_stops_the_decode_workers(tmp_path, catalog, previous_in
     with pytest.raises(RuntimeError, match="scripted failure"):
         build_index(catalog, previous_index, embedder, garments, progress=False, batch_size=1, decode_workers=2)
     assert time.monotonic() - started < IMAGES * 0.2
-    assert no_worker_left()
+    assert no_worker_left(), [(p.name, p.pid, p.exitcode) for p in multiprocessing.active_children()]
     assert snapshot(previous_index) == before
 
 
@@ -219,7 +219,7 @@ def test_a_decode_failure_stops_the_build(tmp_path, catalog, previous_index):
     embedder, garments = ScriptedModels(delay=0.2, lose=str(catalog / "p010-shirt")).load()
     with pytest.raises(FileNotFoundError, match="p010-shirt"):
         build_index(catalog, previous_index, embedder, garments, progress=False, batch_size=1, decode_workers=2)
-    assert no_worker_left()
+    assert no_worker_left(), [(p.name, p.pid, p.exitcode) for p in multiprocessing.active_children()]
     assert snapshot(previous_index) == before
 
 
@@ -240,4 +240,4 @@ def test_workers_without_a_failure_build_the_same_index(tmp_path, catalog, previ
     a, b = Index.load(one, for_building=True), Index.load(two, for_building=True)
     assert list(b.image_files) == list(a.image_files) and list(b.products) == list(a.products)
     assert np.array_equal(np.asarray(b.image_embeddings), np.asarray(a.image_embeddings))
-    assert no_worker_left()
+    assert no_worker_left(), [(p.name, p.pid, p.exitcode) for p in multiprocessing.active_children()]

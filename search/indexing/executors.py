@@ -22,6 +22,7 @@ from search.indexing.embedding import (BuildModels, check_same_models, embed_bat
 from search.indexing.ray_build import ray_batches
 
 TERMINATE_GRACE_S = 2.0  # a terminated worker gets this long to exit before it is killed
+MANAGER_EXIT_S = 10.0  # the pool's own thread, once its processes are gone, ends within this
 
 
 def _spawn_pool(workers: int, **kwargs) -> ProcessPoolExecutor:
@@ -32,8 +33,13 @@ def _spawn_pool(workers: int, **kwargs) -> ProcessPoolExecutor:
 def stop_pool(pool: ProcessPoolExecutor) -> None:
     """End a pool now: cancel its queued work and terminate the processes still running a batch
     (shutdown() alone would wait for every queued batch, each with its own retries). Python 3.14's
-    terminate_workers() does this; before it, the pool's processes are only in `_processes`."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown clears it
+    terminate_workers() does this; before it, the pool's processes are only in `_processes`.
+
+    The pool's manager thread reaps those processes too: a process it reaped, but whose exit code
+    it has not recorded yet (it waits for the GIL), still reads as alive here. So this returns
+    once that thread has ended, not only once the processes have."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets both
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
@@ -43,7 +49,8 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
         if process.is_alive():
             process.kill()
             process.join(TERMINATE_GRACE_S)
-    pool.shutdown(wait=True)  # the pool's own thread sees its processes gone and ends
+    if manager is not None:
+        manager.join(MANAGER_EXIT_S)  # it sees its processes gone, records their exit and ends
 
 
 def in_order_failing_fast(futures: list[Future]) -> Iterator:

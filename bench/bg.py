@@ -1,4 +1,4 @@
-"""One bg-removal request on the CPU, per stage, against the naive rembg baseline (issue 12).
+"""One bg-removal request on the CPU, per stage, against the naive rembg baseline.
 
     python bench/bg.py [--weights DIR] [--repeat 5] [--configs today,int8,...] [--options] [--json FILE]
 

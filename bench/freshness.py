@@ -38,7 +38,7 @@ The duplicate check and the report run after the switch, while the service swaps
 Goal: <= --goal seconds (60) from the update's start to visible on every worker.
 
 --milvus also publishes the base index to Milvus Lite (`python -m search.index publish`, untimed:
-~265 s for 600k vectors on this VM), then the updated one once it is visible, and prints the
+~265 s for 600k vectors on a 2-core VM), then the updated one once it is visible, and prints the
 upserted / unchanged / deleted counts and seconds of that second publish. Everything is written under --root; traffic goes only to 127.0.0.1.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The CUDA path, once, with figures (issue 12 item 7): images/s of each model and of a build.
+"""The CUDA path, once, with figures: images/s of each model and of a build.
 
     python bench/gpu_check.py --tools ../shared/tools/real-cost-models [--images 512] [--json OUT.json]
 

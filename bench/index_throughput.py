@@ -17,7 +17,7 @@ Catalog: the first --images photos of ../shared/data/catalog (symlinked), one fo
   loading included; Ray's own start-up too).
 - models alone, N processes at once: the same, N processes side by side on their shares of the
   photos: how far this machine itself scales N model sets.
-Goal (issue 12): >= 0.8 of the models-alone throughput per worker, and linear in workers.
+Goal: >= 0.8 of the models-alone throughput per worker, and linear in workers.
 The run also checks that every worker count wrote the same embeddings as --workers 1.
 """
 from __future__ import annotations

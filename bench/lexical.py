@@ -1,4 +1,4 @@
-"""Lexical ranking candidates for product text (issue 23), measured before one is chosen.
+"""Lexical ranking candidates for product text, measured before one is chosen.
 
     python bench/lexical.py [--catalog ../shared/data/catalog] [--queries ../shared/data/queries_dev.tsv]
                             [--products 100000] [--queries-timed 200]

@@ -153,7 +153,7 @@ def main() -> int:
         print(f"  {label:<24} {ms:8.1f} ms, of which outside the models {statistics.median(own[key]):6.1f} ms; "
               f"model runs: person {person}, cloth {cloth}, flat-lay matte {product}")
     print(f"  the labels add {statistics.median(own['look']) - statistics.median(own['plain']):+.1f} ms of the "
-          "pipeline's own work (the model times vary by seconds between runs on this VM)")
+          "pipeline's own work (the model times vary by seconds between runs on a 2-core VM)")
     print("\nper garment in the photo (median ms):")
     print("  garments | image tower (one call) | rank, best over garments | rank, one list per garment (look)")
     for k in (1, 2, 3):

@@ -368,7 +368,7 @@ def product_arrays(keys: list[str], attributes: dict[str, np.ndarray]) -> tuple[
     seconds["lexical"] = time.perf_counter() - started
     started = time.perf_counter()
     # The per-product dict path of AttributeColumns.arrays: ~4 s for 3 fields at 1M products on
-    # this VM, so no hand-made columns (the layout stays the library's).
+    # a 2-core VM, so no hand-made columns (the layout stays the library's).
     fields, columns = AttributeColumns.arrays(ATTRIBUTE_TYPES, [filterable_values(r) for r in records])
     arrays.update(columns)
     seconds["attributes"] = time.perf_counter() - started

@@ -29,7 +29,7 @@ class PipelineSettings(Settings):
                                     description="masks are computed at most this large, then scaled to the input")
     keep_main_person: Flag = setting(True, env="BG_KEEP_MAIN_PERSON", description="drop bystanders: keep only the main person")
     # With the IS-Net matte on the 704 CCP street photos, largest scored main-person IoU 0.9508
-    # against 0.9486 (README "Choosing the main person").
+    # against 0.9486 (docs/benchmarks.md, "Choosing the main person").
     main_person_rule: choice(*MAIN_PERSON_RULES) = setting(
         "largest", env="BG_MAIN_PERSON_RULE",
         description="which blob is the main person: `largest`, or `central` (area x centrality, plus fragments "

@@ -2,8 +2,8 @@
 
 Why: onnxruntime's CUDA provider needs onnxruntime-gpu, which is not everywhere a GPU is (the
 GPU image installs it; a torch-only GPU box does not), and rembg's graphs fix the batch size to
-1. The converted module takes any batch, and on CUDA runs in fp16 (the U^2-Net figures in
-issue 12: 818 img/s at 320 px, 143 img/s at 768 px on one H200). On the CPU it runs fp32 and
+1. The converted module takes any batch, and on CUDA runs in fp16 (bench/gpu_check.py measured U^2-Net
+at 818 img/s at 320 px, 143 img/s at 768 px on one H200). On the CPU it runs fp32 and
 gives onnxruntime's numbers (tests/test_torch_backend.py checks the masks match).
 
 The same weights file is read (its sha256 stays the model's identity); the identity adds

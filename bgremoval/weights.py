@@ -53,7 +53,7 @@ def rembg_home(weights_dir: str | None):
 
 def weights_home(weights_dir: str | None) -> str:
     """Where rembg looks, in words, for messages."""
-    return weights_dir or "rembg's default home (~/.rembg, or $XDG_DATA_HOME/rembg)"
+    return weights_dir or "rembg's default home ($REMBG_HOME, else $XDG_DATA_HOME/rembg, else ~/.rembg)"
 
 
 def weights_file(name: str, weights_dir: str | None = None) -> str | None:

@@ -1,8 +1,8 @@
-"""BM25 over product text (name, category, brand, description): issue 23's lexical score.
+"""BM25 over product text (name, category, brand, description): the lexical half of a text query's score.
 
 Why bm25s and Snowball: bench/lexical.py measured the candidates on the 21 judged queries over the
 sample catalog's 32 names (names only, ties averaged over random orders). The share-of-words name
-match the service had (NameIndex, search/index_format.py before issue 23) has MRR 0.545 (R@1
+match the service had (NameIndex, in search/index_format.py before BM25) has MRR 0.545 (R@1
 0.287, R@5 0.532); BM25 with the English Snowball stemmer has MRR 0.563 (R@1 0.319, R@5 0.568),
 bm25s (PyStemmer) and tantivy (en_stem) alike; without a stemmer, or with the Turkish one on these
 English names, BM25 has 0.543. At 100,000 synthetic names bm25s built in 1.8 s (tantivy 0.8 s)

@@ -1,6 +1,6 @@
 """How both services run under gunicorn (docker/gunicorn.conf.py), declared as settings.
 
-Defaults come from bench/load.py on a 2-core machine (see README): inference is CPU-bound and
+Defaults come from bench/load.py on a 2-core machine (docs/benchmarks.md): inference is CPU-bound and
 onnxruntime/torch already use ORT_THREADS/TORCH_THREADS threads, so few workers with a couple of
 threads each keeps both cores busy without oversubscribing them.
 """

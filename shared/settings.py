@@ -2,8 +2,8 @@
 before a service serves.
 
 A section is a pydantic model. Each field names its environment variable (`setting(env=...)`) and
-carries its type, default, bounds or choices and a one-line description; the README's
-configuration table is generated from these declarations (`python scripts/settings_table.py`).
+carries its type, default, bounds or choices and a one-line description; the settings
+table of docs/operations.md is generated from these declarations (`python scripts/settings_table.py`).
 `Section.from_env(env)` reads a mapping (os.environ by default) and validates it; a bad value
 raises SettingsError with one line naming the variable, the value given and what is allowed.
 

@@ -1,6 +1,6 @@
 """Bad and good requests to both services give the statuses and problem fields recorded in
 tests/contract_statuses.json, which was written by the request parsing before the schemas
-replaced it (issue 22): the same answers before and after. One answer changed on purpose: a
+replaced it: the same answers before and after. One answer changed on purpose: a
 refused `image_url` names `image_url` (it named the fetcher's `url`, a field search requests do
 not have).
 

@@ -1,5 +1,5 @@
 """The milvus backend against a real Milvus server (2.3.5 standalone from the `milvus` package, one
-for the whole test session: tests/milvus_server.py), and MILVUS_URI set as the README documents it.
+for the whole test session: tests/milvus_server.py), and MILVUS_URI set as docs/milvus.md documents it.
 
 Real server: the store's contract (publish, search, upsert of a delta, delete; filters are in
 test_milvus_filters.py), two stores of one process on the same collections (a generation swap), and
@@ -59,7 +59,7 @@ def eventually(check, timeout: float = 5.0):
             time.sleep(0.2)
 
 
-# ------------------------------------------------------------------ MILVUS_URI as the README has it
+# ------------------------------------------------------------------ MILVUS_URI as docs/milvus.md has it
 
 
 def python(args: list[str], env: dict, timeout: float = 240) -> subprocess.CompletedProcess:

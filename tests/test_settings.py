@@ -1,6 +1,6 @@
 """Typed settings: a bad value stops a service before it serves, with one line naming the
-variable, the value and what is allowed; values allowed before keep their meaning; the README's
-table is generated from the declarations."""
+variable, the value and what is allowed; values allowed before keep their meaning (the settings table of
+docs/operations.md is generated from the declarations: tests/test_docs.py checks it)."""
 from __future__ import annotations
 
 import os
@@ -136,19 +136,6 @@ def test_no_module_reads_a_declared_variable_from_the_environment_itself():
                 if name in declared and (str(path.relative_to(REPO)), name) not in HANDED_TO_LIBRARIES:
                     offenders.append(f"{path.relative_to(REPO)}: {name}")
     assert not offenders, offenders
-
-
-def test_the_readme_configuration_table_is_current():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import settings_table
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert settings_table.replaced(readme) == readme, "run `python scripts/settings_table.py`"
-    for name in BgConfig.variables() | SearchConfig.variables():
-        assert f"| `{name}` |" in readme
-
 
 def test_the_weights_directory_setting_is_where_the_models_load_from(oracle_weights, monkeypatch, tmp_path):
     """U2NET_HOME is BgConfig.weights_dir: a config that names a directory loads from it, whatever

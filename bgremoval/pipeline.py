@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,6 +144,13 @@ def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask) <= radius
 
 
+def _settle(future: Future | None) -> None:
+    """A speculative run that is no longer needed: cancelled if it has not started, else waited
+    for (its own error is the caller's concern only when it uses the result)."""
+    if future is not None and not future.cancel():
+        wait([future])
+
+
 class GarmentPipeline:
     """Turns an RGB photo into a garment mask and a garment-only picture."""
 
@@ -255,29 +262,32 @@ class GarmentPipeline:
         # Speculative: the cloth model needs only the photos, so it can run while the person matte does.
         cloth_ahead = self._beside.submit(self.models.cloth.class_probabilities, works, groups) \
             if s.concurrent_models and self.models.cloth is not None else None
-        persons = [matte > s.person_threshold for matte in self._mattes(self.models.person, works)]
-        persons = [person if fg is None else person & fg for person, fg in zip(persons, foregrounds, strict=True)]
-        lap("person_matte")
+        try:
+            persons = [matte > s.person_threshold for matte in self._mattes(self.models.person, works)]
+            persons = [person if fg is None else person & fg for person, fg in zip(persons, foregrounds, strict=True)]
+            lap("person_matte")
 
-        found = [person.sum() >= s.min_person_fraction * work.width * work.height
-                 for person, work in zip(persons, works, strict=True)]
-        garment_rows = [i for i, yes in enumerate(found) if yes]
-        product_rows = [i for i, yes in enumerate(found) if not yes]
+            found = [person.sum() >= s.min_person_fraction * work.width * work.height
+                     for person, work in zip(persons, works, strict=True)]
+            garment_rows = [i for i, yes in enumerate(found) if yes]
+            product_rows = [i for i, yes in enumerate(found) if not yes]
+
+            allowed = {}
+            for i in garment_rows:
+                main = main_person(persons[i], s.main_person_rule) if s.keep_main_person else persons[i]
+                allowed[i] = dilate(main, s.person_dilation * np.hypot(*works[i].size))
+            lap("main_person")
+
+            # The classes' probability summed at the model's resolution and resized once: bilinear
+            # resizing is linear, so this equals resizing each class first.
+            if cloth_ahead is not None:
+                planes = cloth_ahead.result()[garment_rows]
+            else:
+                planes = self.models.cloth.class_probabilities([works[i] for i in garment_rows], groups) \
+                    if garment_rows else []
+        finally:  # also when the person step raises: no model run outlives its request
+            _settle(cloth_ahead)
         results: list[GarmentMask | NoGarmentFound | None] = [None] * len(images)
-
-        allowed = {}
-        for i in garment_rows:
-            main = main_person(persons[i], s.main_person_rule) if s.keep_main_person else persons[i]
-            allowed[i] = dilate(main, s.person_dilation * np.hypot(*works[i].size))
-        lap("main_person")
-
-        # The classes' probability summed at the model's resolution and resized once: bilinear
-        # resizing is linear, so this equals resizing each class first.
-        if cloth_ahead is not None:
-            planes = cloth_ahead.result()[garment_rows]  # waited for even when unused: no run outlives its request
-        else:
-            planes = self.models.cloth.class_probabilities([works[i] for i in garment_rows], groups) \
-                if garment_rows else []
         for i, plane_set in zip(garment_rows, planes, strict=True):
             area = works[i].width * works[i].height
 

@@ -263,11 +263,11 @@ def similar(product: str):
     searcher = _searcher()
     asked = read(SimilarQuery, request.args.to_dict(), text=True)
     product_filter, fields = _filter(asked.filter), _fields_asked(asked.fields)
-    try:
-        results = _ranked(searcher, searcher.similar, product, asked.n, product_filter)
-    except KeyError:
-        raise NotFound(f"No product {product!r} in the index.") from None
-    return jsonify(_results_json(results, fields))
+    # Asked first, not inferred from a KeyError: one raised inside a backend is a bug (a 500 with
+    # the request id), not a product the client got wrong.
+    if searcher.index.products.find(product) is None:
+        raise NotFound(f"No product {product!r} in the index.")
+    return jsonify(_results_json(_ranked(searcher, searcher.similar, product, asked.n, product_filter), fields))
 
 
 @bp.post("/embed")

@@ -9,9 +9,10 @@ misconfigured stops the build instead of silently leaving images out.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,7 @@ from shared.images import CROP_MARGIN, DecodedImage, crop_to_mask, flatten_onto_
 
 log = logging.getLogger("fashion.index")
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+POOL_MAXSIZE = 16  # connections kept alive to the bg service: more than a worker's request threads use at once
 
 
 class GarmentServiceError(RuntimeError):
@@ -151,22 +153,19 @@ class LocalGarments(_Garments):
         return look_garments(decoded, result.labels, min_fraction)
 
 
-def retrying_session(retries: int, backoff: float):
-    """A requests session that retries 429/5xx, timeouts and refused connections with
-    exponential backoff (urllib3's Retry, honouring Retry-After), POST included: asking the
-    bg service twice for the same picture is harmless."""
-    import requests
-    from requests.adapters import HTTPAdapter
+def retrying_pool(retries: int, backoff: float, timeout: float, maxsize: int = POOL_MAXSIZE):
+    """One HTTP client for every thread of a worker: urllib3's PoolManager is thread-safe (a
+    requests.Session is not documented to be, and shares its cookies among threads). It keeps
+    connections alive, and retries 429/5xx, timeouts and refused connections with exponential
+    backoff (honouring Retry-After), POST included: asking the bg service twice for the same
+    picture is harmless."""
+    import urllib3
     from urllib3.util.retry import Retry
 
     retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
                   backoff_factor=backoff, backoff_max=60, status_forcelist=RETRY_STATUSES,
                   allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+    return urllib3.PoolManager(maxsize=maxsize, retries=retry, timeout=urllib3.Timeout(connect=timeout, read=timeout))
 
 
 class RemoteGarments(_Garments):
@@ -176,37 +175,65 @@ class RemoteGarments(_Garments):
         self.url = url if url.endswith("/") else url + "/"
         self.timeout = timeout
         self.retries = retries
-        self.session = retrying_session(retries, backoff)
+        self.http = retrying_pool(retries, backoff, timeout)
         self.description = f"bg-removal service at {self.url}"
         self._identity: dict | None = None
 
-    def _call(self, method: str, path: str, **kwargs):
-        import requests
+    def _call(self, method: str, path: str, *, params: dict | None = None, **kwargs):
+        from urllib3.exceptions import HTTPError
 
-        url = urljoin(self.url, path)
+        url = urljoin(self.url, path) + (f"?{urlencode(params)}" if params else "")
         try:
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:
+            return self.http.request(method, url, **kwargs)
+        except HTTPError as exc:  # refused, timed out, or the connection cut mid-answer, after the retries
             raise GarmentServiceError(
                 f"{self.description} could not be reached after {self.retries} retries: {exc}") from None
+
+    def _unexpected(self, answer: str) -> GarmentServiceError:
+        """A 200 that is not what this project's bg service answers (a proxy's HTML page, a body cut
+        short, another program on that port): logged, and a GarmentServiceError (a query's 503)."""
+        log.warning("unexpected answer from the %s: %s", self.description, answer)
+        return GarmentServiceError(f"{self.description} answered {answer}")
 
     @staticmethod
     def _detail(response) -> str:
         try:
-            return str(response.json().get("detail", ""))
+            return str(json.loads(response.data).get("detail", ""))
         except (ValueError, AttributeError):
-            return response.text[:200]
+            return response.data[:200].decode(errors="replace")
+
+    def _picture(self, response, request: str) -> Image.Image:
+        """The PNG of a 200 answer, decoded in full here, so that a body that is not one (a wrong
+        content type, an undecodable or cut-off PNG) is the service's error, not this one's."""
+        content_type = response.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() != "image/png":
+            raise self._unexpected(f"{request} with {content_type or 'no content type'} instead of a PNG "
+                                   f"({len(response.data)} bytes)")
+        try:
+            picture = Image.open(io.BytesIO(response.data))
+            picture.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise self._unexpected(f"{request} with an undecodable PNG ({len(response.data)} bytes: {exc})") from None
+        return picture
 
     @property
     def identity(self) -> dict:
         if self._identity is None:
             response = self._call("GET", "pipeline")
-            if response.status_code != 200:
+            if response.status != 200:
                 raise GarmentServiceError(
-                    f"{self.description} answered {response.status_code} to GET /pipeline "
+                    f"{self.description} answered {response.status} to GET /pipeline "
                     f"({self._detail(response) or 'no detail'}); it must be a ready bg-removal service "
                     "of this project's version")
-            self._identity = with_crop(response.json()["garment_pipeline"])
+            try:
+                pipeline = json.loads(response.data)["garment_pipeline"]
+                if not isinstance(pipeline.get("shared"), dict):
+                    raise TypeError("no shared settings")
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise self._unexpected(
+                    f"GET /pipeline with {response.headers.get('Content-Type') or 'no content type'} that is not "
+                    f"this project's pipeline identity ({type(exc).__name__}: {exc})") from None
+            self._identity = with_crop(pipeline)
         return self._identity
 
     def _post_photo(self, path: str, decoded: DecodedImage, params: dict):
@@ -217,20 +244,22 @@ class RemoteGarments(_Garments):
         if decoded.alpha is not None:
             rgba.putalpha(Image.fromarray(decoded.alpha, "L"))
         rgba.save(buf, "PNG", compress_level=1)
-        response = self._call("POST", path, params=params, data=buf.getvalue(), headers={"Content-Type": "image/png"})
-        if response.status_code == 422:  # the one answer that means "skip this image"
+        response = self._call("POST", path, params=params, body=buf.getvalue(), headers={"Content-Type": "image/png"})
+        if response.status == 422:  # the one answer that means "skip this image"
             raise Unprocessable(self._detail(response) or "no garment found")
-        if response.status_code != 200:
-            retried = f" after {self.retries} retries" if response.status_code in RETRY_STATUSES else ""
+        if response.status != 200:
+            retried = f" after {self.retries} retries" if response.status in RETRY_STATUSES else ""
             raise GarmentServiceError(
-                f"{self.description} answered {response.status_code}{retried}: "
+                f"{self.description} answered {response.status}{retried}: "
                 f"{self._detail(response) or response.reason}")
         return response
 
     def garment(self, decoded: DecodedImage, classes: tuple[str, ...] = GARMENT_CLASSES,
                 fallback: bool = False) -> Cutout:
         response = self._post_photo("", decoded, {"format": "png", **class_params(classes, fallback)})
-        cutout = Image.open(io.BytesIO(response.content))
+        cutout = self._picture(response, "POST /")
+        if "A" not in cutout.getbands():
+            raise self._unexpected(f"POST / with a {cutout.mode} PNG: no alpha channel, so no mask")
         mask = np.asarray(cutout.getchannel("A"))
         kept = tuple(response.headers.get("X-Garment-Classes", ",".join(classes)).split(","))
         return Cutout(crop_to_mask(cutout.convert("RGB"), mask), response.headers.get("X-Mask-Source", "garment"),
@@ -240,5 +269,8 @@ class RemoteGarments(_Garments):
              min_fraction: float = DEFAULT_LOOK_MIN_FRACTION) -> list[LookGarment]:
         """Each garment of the photo on its own, cut from the service's label map (POST /labels)."""
         response = self._post_photo("labels", decoded, class_params(classes, fallback))
-        labels = np.asarray(Image.open(io.BytesIO(response.content)).convert("L"))
-        return look_garments(decoded, labels, min_fraction)
+        labels = self._picture(response, "POST /labels")
+        if labels.mode != "L" or labels.size != decoded.rgb.size:
+            raise self._unexpected(f"POST /labels with a {labels.mode} {labels.size[0]}x{labels.size[1]} PNG, not a "
+                                   f"label map (L) of the photo's {decoded.rgb.size[0]}x{decoded.rgb.size[1]}")
+        return look_garments(decoded, np.asarray(labels), min_fraction)

@@ -20,6 +20,9 @@ bind = _server.bind
 workers = _server.workers
 threads = _server.threads
 worker_class = "gthread"
+# No gunicornc control socket: its one default path (~/.gunicorn/gunicorn.ctl) would be shared by
+# every gunicorn on the host (both services, and every server the tests start).
+control_socket_disable = True
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout
 keepalive = 5

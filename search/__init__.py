@@ -46,9 +46,12 @@ def create_app(config: SearchConfig | None = None, *, embedder=None, garments=No
         if config.image_queries:  # the image tower (and the garment step) load only for photo queries
             from search.image_encoder import open_image_encoder
             from search.photos import PhotoEmbedder, open_garments
+            from shared.budget import PixelBudget
 
             photo_parts = (garments if garments is not None else open_garments(config),
                            open_image_encoder(config.clip, model, export))
+            # One per worker, whatever generation serves: photo queries' pixels, as the bg service's.
+            app.extensions["pixel_budget"] = PixelBudget(config.max_inflight_mp, config.inflight_wait_s)
         cache = QueryCache(config.query_cache_size)  # one for every generation: the model is the same
 
         def open_generation(index, hold) -> Generation:
@@ -58,6 +61,7 @@ def create_app(config: SearchConfig | None = None, *, embedder=None, garments=No
             photos = None
             if photo_parts is not None:
                 photos = PhotoEmbedder(*photo_parts, index_meta=index.meta, max_pixels=config.max_image_pixels,
+                                       budget=app.extensions["pixel_budget"],
                                        look_min_fraction=config.look_min_fraction)
             store = open_store(config.vectors, index)
             try:

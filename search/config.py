@@ -54,7 +54,7 @@ class BackendSettings(Settings):
         "float32", env="SEARCH_EXACT_DTYPE",
         description="`float16`: the exact backend scans a float16 copy (half the time; `search.index ann --ann "
                     "flat-fp16` writes it); scores stay float32 cosines")
-    # Defaults from bench/scale.py (README "A million products on one box"): the fastest settings
+    # Defaults from bench/scale.py (docs/benchmarks.md, "A million products on one box"): the fastest settings
     # with recall@10 >= 0.95 at 100k products (HNSW) and at 1M (IVF-PQ, whose coarse codes need 16x).
     faiss_ef_search: int = setting(256, env="SEARCH_FAISS_EF_SEARCH", ge=1, description="HNSW breadth at query time")
     faiss_nprobe: int = setting(32, env="SEARCH_FAISS_NPROBE", ge=1, description="IVF lists visited at query time")
@@ -120,6 +120,16 @@ class SearchConfig(Settings):
                                     description="photo body cap (multipart and `image/*`)")
     max_image_pixels: int = setting(DEFAULT_MAX_PIXELS, env="MAX_IMAGE_PIXELS", ge=1,
                                     description="decompression-bomb cap (pixels, checked before decoding)")
+    # The shipped container: 2 GB for 2 workers of ~0.5 GB PSS loaded (docker-compose.yml). Decoding
+    # costs per reserved megapixel ~4.7 MB (RGB PNG, TIFF, a JPEG at its reduced scale), 5.6 (palette
+    # PNG, GIF), 8.6 (RGBA PNG), 11 (16-bit PNG), 16 (WebP: libwebp's canvases). 40 = one photo at the
+    # 40 MP cap at a time per worker, <= ~0.45 GB but for WebP, and a 40 MP JPEG reserves ~2.5 MP.
+    max_inflight_mp: float = setting(
+        40.0, env="SEARCH_MAX_INFLIGHT_MP", gt=0,
+        description="megapixels of query photos one worker decodes and segments at once; past it photo queries "
+                    "wait, then 503 + `Retry-After`")
+    inflight_wait_s: float = setting(10.0, env="SEARCH_INFLIGHT_WAIT_S", ge=0,
+                                     description="seconds a photo query waits for that budget")
     fetch: FetchPolicy = FetchPolicy()  # image_url, as the bg service fetches
     look_min_fraction: float = setting(
         0.01, env="SEARCH_LOOK_MIN_FRACTION", gt=0, le=1,

@@ -1,17 +1,23 @@
 """Query photos -> the garment's normalised CLIP embedding, by the indexer's own steps: decode at
 the pipeline's working size, isolate the garment (search/garments.py: the bg pipeline in-process,
-or the bg-removal service), crop to it, embed with the image tower. Plain Python, no Flask."""
+or the bg-removal service), crop to it, embed with the image tower. Plain Python, no Flask.
+
+Each query holds its pixels in the worker's budget (shared/budget.py, SEARCH_MAX_INFLIGHT_MP) from
+its header on, before any pixel is decoded: as the bg service does, so a worker's memory is
+bounded by configuration whatever size and number of photos clients send at once."""
 from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
 from search.garments import DEFAULT_LOOK_MIN_FRACTION, GarmentServiceError, LocalGarments, RemoteGarments
+from shared.budget import PixelBudget
 from shared.errors import NotReady, Unprocessable
 from shared.garment_request import GarmentOptions
-from shared.images import decode_opened, open_image, upright_size
+from shared.images import decode_opened, open_image, pixels_to_decode, upright_size
 from shared.timing import timed
 
 log = logging.getLogger("fashion.search")
@@ -34,9 +40,10 @@ def open_garments(config):
 class PhotoEmbedder:
     """One photo's garment embedding, with the time of each stage."""
 
-    def __init__(self, garments, encoder, *, index_meta: dict, max_pixels: int,
+    def __init__(self, garments, encoder, *, index_meta: dict, max_pixels: int, budget: PixelBudget,
                  look_min_fraction: float = DEFAULT_LOOK_MIN_FRACTION):
         self.garments = garments
+        self.budget = budget  # the worker's: one for every generation, as there is one memory
         self.encoder = encoder
         self.max_pixels = max_pixels
         self.look_min_fraction = look_min_fraction
@@ -60,12 +67,33 @@ class PhotoEmbedder:
             log.warning("photo queries: the garment pipeline of %s differs from the one the index was built "
                         "with; photo results may be worse than the catalog's own", self.garments.description)
 
-    def _decode(self, data: bytes, timings: dict[str, float]):
-        """The photo at the working size, and its upright size as sent."""
+    def _pixels(self, opened, upright: tuple[int, int]) -> int:
+        """What a query reserves: the pixels its decode holds (pixels_to_decode: a JPEG at its
+        reduced DCT scale, every other format at full size) and, when the bg models run in this
+        process, the working-size picture the garment step works on (the bg service budgets its
+        own)."""
+        pixels = pixels_to_decode(opened, max_side=self.working_max_side)
+        if isinstance(self.garments, LocalGarments):
+            scale = min(1.0, self.working_max_side / max(upright))
+            pixels += round(upright[0] * scale) * round(upright[1] * scale)
+        return pixels
+
+    @contextmanager
+    def _decoded(self, data: bytes, timings: dict[str, float]):
+        """The photo at the working size and its upright size as sent, its pixels held in the
+        worker's budget while the block runs (503 + Retry-After when they do not fit in time).
+        The header is checked first: a photo refused anyway (413/415/422) waits for nothing."""
         with timed(timings, "decode"):
             opened = open_image(data, max_pixels=self.max_pixels)
             size = upright_size(opened.image)
-            return decode_opened(opened, max_side=self.working_max_side), size
+            pixels = self._pixels(opened, size)
+        with self.budget.reserve(pixels):
+            with timed(timings, "decode"):
+                decoded = decode_opened(opened, max_side=self.working_max_side)
+            if opened.source_format == "PNG":  # decoded whole and turned upright: an eXIf chunk after its pixels counts
+                size = opened.image.size
+            del opened  # the full-size decode is freed before the garment step
+            yield decoded, size
 
     def _garment_step(self, timings: dict[str, float], step):
         try:
@@ -79,21 +107,22 @@ class PhotoEmbedder:
         """The vector of the photo's garments together (`garments` chooses which), as the indexer
         embeds a catalog photo. Raises the ProblemError that says what is wrong: 413/415/422 for
         the photo (422 also when it shows no garment), 503 when the bg-removal service cannot answer."""
-        decoded, _ = self._decode(data, timings)
-        cutout = self._garment_step(timings, lambda: self.garments.garment(decoded, garments.classes, garments.fallback))
-        with timed(timings, "embed_image"):
+        with self._decoded(data, timings) as (decoded, _):
+            cutout = self._garment_step(timings, lambda: self.garments.garment(decoded, garments.classes,
+                                                                               garments.fallback))
+        with timed(timings, "embed_image"):  # the tower's input is 224 px whatever the photo: outside the budget
             return self.encoder.encode_images([cutout.picture])[0]
 
     def look(self, data: bytes, timings: dict[str, float], garments: GarmentOptions = GarmentOptions()):
         """Each garment of the photo (of the classes `garments` chooses) that covers at least
         look_min_fraction of it, with its own vector: [(LookGarment with its box in the photo's
         pixels as sent, vector)]. One garment step and one image-tower batch, whatever their number."""
-        decoded, size = self._decode(data, timings)
-        found = self._garment_step(timings, lambda: self.garments.look(
-            decoded, garments.classes, garments.fallback, self.look_min_fraction))
-        if not found:  # the garment step answers 422 first: only an empty label map gets here
-            raise Unprocessable(f"No garment ({', '.join(garments.classes)}) found in the photo.")
-        scale_x, scale_y = size[0] / decoded.size[0], size[1] / decoded.size[1]
+        with self._decoded(data, timings) as (decoded, size):
+            found = self._garment_step(timings, lambda: self.garments.look(
+                decoded, garments.classes, garments.fallback, self.look_min_fraction))
+            if not found:  # the garment step answers 422 first: only an empty label map gets here
+                raise Unprocessable(f"No garment ({', '.join(garments.classes)}) found in the photo.")
+            scale_x, scale_y = size[0] / decoded.size[0], size[1] / decoded.size[1]
         for garment in found:  # boxes in the photo's own pixels, not the working size's
             x0, y0, x1, y1 = garment.box
             garment.box = (int(x0 * scale_x), int(y0 * scale_y),

@@ -328,7 +328,8 @@ def openapi_document(config) -> dict:
         _415="Not JSON/multipart/image, or an unsupported image format",
         _422="The photo shows no garment, or is corrupt",
         _502="The image host failed",
-        _503="Index or model not loaded, or the garment step (bg-removal service) unavailable",
+        _503="Index or model not loaded, the garment step (bg-removal service) unavailable, or this worker's "
+             "megapixel budget for photos in use (then with Retry-After)",
         _504="The image host timed out",
     )
     not_loaded = problem("Index or model not loaded")

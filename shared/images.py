@@ -109,22 +109,51 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedIm
     return OpenedImage(im, source_format)
 
 
+def _draft_for(im: Image.Image, max_side: int | None) -> None:
+    """Ask a JPEG for the smallest DCT scale (1/2, 1/4, 1/8) still at least `max_side` on its
+    longest upright side; once per image (Pillow ignores a second call), a no-op for other formats."""
+    if max_side and max(im.size) > max_side:
+        upright = upright_size(im)
+        scale = max_side / max(upright)
+        target = (round(upright[0] * scale), round(upright[1] * scale))
+        im.draft("RGB", target if upright == im.size else target[::-1])
+
+
+def pixels_to_decode(opened: OpenedImage, *, max_side: int | None = None) -> int:
+    """The pixels `decode_opened(opened, max_side=...)` will hold at once, from the header alone:
+    what a pixel budget reserves before decoding. Only JPEG decodes reduced (the DCT scale is set
+    here); Pillow decodes PNG, WebP, TIFF, GIF and BMP whole, at full size, whatever `max_side`,
+    so for them this is every pixel of the image."""
+    try:
+        _draft_for(opened.image, max_side)
+    except Exception as exc:  # noqa: BLE001 - a corrupt EXIF block raises all sorts; untrusted input
+        raise Unprocessable(f"The image could not be decoded: {type(exc).__name__}") from None
+    return opened.image.width * opened.image.height
+
+
 def decode_opened(opened: OpenedImage, *, max_side: int | None = None) -> DecodedImage:
     """Decode the pixels of a checked image. `max_side` scales it down to at most that many
     pixels on its longest side (the indexer's working size); JPEGs are then decoded at a reduced
-    DCT scale, so a large catalog photo never exists in memory at full size."""
+    DCT scale, so a large catalog photo never exists in memory at full size. Other formats decode
+    at full size (pixels_to_decode), and are shrunk before their mode is converted, so the full
+    size exists once (4 bytes a pixel), not in an RGB copy beside the decoded RGBA."""
     im = opened.image
     try:
         if getattr(im, "is_animated", False):
             im.seek(0)  # animated GIF/WebP: the first frame is the product photo
-        if max_side and max(im.size) > max_side:
-            upright = upright_size(im)
-            scale = max_side / max(upright)
-            target = (round(upright[0] * scale), round(upright[1] * scale))
-            im.draft("RGB", target if upright == im.size else target[::-1])  # JPEG only; else a no-op
+        _draft_for(im, max_side)
         im.load()  # Pillow drops its reference to the bytes once loaded
         ImageOps.exif_transpose(im, in_place=True)  # not in place, it copies even upright photos
+        opaque = None
+        if max_side and max(im.size) > max_side and im.mode in _SHRUNK_BEFORE_CONVERSION:
+            if im.mode not in ("RGB", "RGBA"):  # a palette without transparency needs no alpha band
+                im = im.convert("RGB" if im.mode == "P" and not im.has_transparency_data else "RGBA")
+            # Whether the photo had any transparency, judged at full size as before (no copy).
+            opaque = im.mode == "RGB" or im.getextrema()[3][0] == 255
+            im = _shrink_loaded(im, max_side)
         rgb, alpha = _to_8bit_rgb_and_alpha(im)
+        if opaque is not None and not opaque and alpha is None:
+            alpha = np.asarray(im.getchannel("A"))  # shrinking made a barely transparent photo opaque
         if max_side and max(rgb.size) > max_side:
             rgb, alpha = _shrink(rgb, alpha, max_side)
     except Image.DecompressionBombError as exc:
@@ -134,8 +163,23 @@ def decode_opened(opened: OpenedImage, *, max_side: int | None = None) -> Decode
     return DecodedImage(rgb=rgb, alpha=alpha, source_format=opened.source_format)
 
 
+# 8-bit modes that become RGB or RGBA anyway: shrunk once in that mode, with the same pixels as
+# converting first and shrinking after (RGBA is resized premultiplied either way). 16-bit and
+# float modes are converted first, as before: their scaling to 8 bits must see every pixel.
+_SHRUNK_BEFORE_CONVERSION = frozenset({"RGB", "RGBA", "P", "PA", "LA", "La", "RGBa"})
+
+
+def _shrink_loaded(im: Image.Image, max_side: int) -> Image.Image:
+    scale = max_side / max(im.size)
+    return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+
+
 def upright_size(im: Image.Image) -> tuple[int, int]:
-    """The size after EXIF orientation (5-8 swap width and height)."""
+    """The size after EXIF orientation (5-8 swap width and height), from the header alone: a PNG
+    without an eXIf chunk before its pixels is taken as stored (Pillow's PNG getexif would decode
+    the whole image to look for one after them; decode_opened applies what it finds)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return im.size
     orientation = im.getexif().get(0x0112, 1)
     return im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
 
